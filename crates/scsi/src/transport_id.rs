@@ -89,7 +89,7 @@ impl TransportId {
             (PROTOCOL_ISCSI, 0 | 1) => {
                 need(4)?;
                 let len = u16::from_be_bytes([buf[2], buf[3]]) as usize;
-                if len % 4 != 0 || len + 4 > MAX_ISCSI_ID_LEN || len == 0 {
+                if !len.is_multiple_of(4) || len + 4 > MAX_ISCSI_ID_LEN || len == 0 {
                     return Err(TransportIdError::BadIscsiLength(len));
                 }
                 need(4 + len)?;

@@ -1,0 +1,78 @@
+//! Persistent-reservation backends ("pr-manager implementations", after QEMU's
+//! `PRManagerClass::run`): given the device a client proved it holds and a parsed request,
+//! produce the reply.
+//!
+//! A backend may run the command on the device (`sgio`), through a library, or answer from its
+//! own state without device I/O; the [`Dispatcher`] checks the descriptor first and picks the
+//! backend. A SCSI outcome — GOOD, RESERVATION CONFLICT, CHECK CONDITION with sense — is an
+//! `Ok(Reply)`; `Err` means the command could not be executed at all.
+#![forbid(unsafe_code)]
+
+pub mod dispatch;
+pub mod sgio;
+
+use std::os::fd::BorrowedFd;
+
+pub use dispatch::{Dispatcher, Route};
+use pr_proto::{Reply, RequestHeader};
+use pr_scsi::SenseCode;
+use pr_sys::device::FileKind;
+
+/// The device a request is for: the client's descriptor, and what we learned about it.
+#[derive(Debug, Clone, Copy)]
+pub struct Device<'a> {
+    pub fd: BorrowedFd<'a>,
+    pub kind: FileKind,
+    pub read_only: bool,
+}
+
+/// A request as a backend sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct PrRequest<'a> {
+    pub header: &'a RequestHeader,
+    /// PR OUT parameter data (exactly the parameter list length); empty for PR IN.
+    pub parameters: &'a [u8],
+}
+
+/// Why a backend could not execute a command at all.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("{backend} backend is not available: {reason}")]
+    Unavailable {
+        backend: &'static str,
+        reason: String,
+    },
+    #[error("{backend} backend failed on {device}: {source}")]
+    Io {
+        backend: &'static str,
+        device: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl BackendError {
+    /// The sense the daemon answers with when a command could not be executed.
+    pub fn sense_code(&self) -> SenseCode {
+        match self {
+            BackendError::Unavailable { .. } => SenseCode::LOGICAL_UNIT_COMMUNICATION_FAILURE,
+            BackendError::Io { .. } => SenseCode::LOGICAL_UNIT_COMMUNICATION_FAILURE,
+        }
+    }
+
+    /// The reply for this error: CHECK CONDITION with [`BackendError::sense_code`].
+    pub fn to_reply(&self) -> Reply {
+        Reply::check_condition(self.sense_code().to_fixed())
+    }
+}
+
+/// One pr-manager implementation.
+pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
+    /// Short name for logs and configuration (`sgio`, `mpath`, `blkpr`, `emulate`).
+    fn name(&self) -> &'static str;
+
+    /// Executes one command. May block (device I/O, a library, a store): the daemon calls it
+    /// on a blocking pool. The reply need not be clamped to the allocation length; the server
+    /// does that for every backend.
+    fn execute(&self, device: &Device<'_>, request: &PrRequest<'_>) -> Result<Reply, BackendError>;
+}

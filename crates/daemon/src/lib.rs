@@ -1,0 +1,74 @@
+//! The pr-helper daemon, in the order of its life: listen, daemonize, write the pidfile, drop
+//! privileges, install the seccomp filter, serve until a signal, finish what is in flight.
+#![forbid(unsafe_code)]
+
+pub mod cli;
+mod listener;
+mod logging;
+mod privileges;
+mod process;
+mod seccomp;
+mod server;
+
+use std::sync::Arc;
+
+pub use cli::Config;
+use pr_backend::sgio::SgIoBackend;
+use pr_backend::Dispatcher;
+
+/// Why the daemon could not start or had to stop.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("cannot set up logging: {0}")]
+    Logging(String),
+    #[error(transparent)]
+    Listen(#[from] listener::ListenError),
+    #[error(transparent)]
+    Process(#[from] process::ProcessError),
+    #[error("Failed to drop privileges: {0}")]
+    Privileges(#[from] privileges::PrivilegeError),
+    #[error("cannot install the seccomp filter: {0}")]
+    Seccomp(#[from] seccomp::SeccompError),
+    #[error("cannot start the runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+}
+
+/// Runs the daemon to completion.
+pub fn run(config: Config) -> Result<(), DaemonError> {
+    logging::init(&config)?;
+    process::raise_fd_limit();
+    let (listener, socket_file) = listener::listen(&config.socket)?.into_parts();
+    listener
+        .set_nonblocking(true)
+        .map_err(DaemonError::Runtime)?;
+    if config.daemonize {
+        process::daemonize()?;
+    }
+    let _pidfile = config
+        .pidfile
+        .as_deref()
+        .map(process::Pidfile::create)
+        .transpose()?;
+    privileges::drop_privileges(config.uid, config.gid)?;
+    process::notify_ready();
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(std::thread::available_parallelism().map_or(2, |n| n.get().min(4)))
+        .max_blocking_threads(64)
+        .thread_stack_size(256 * 1024)
+        .enable_all()
+        .build()
+        .map_err(DaemonError::Runtime)?;
+    let dispatcher = Arc::new(Dispatcher::new(Arc::new(SgIoBackend::new(
+        config.sgio_timeout,
+    ))));
+    let result = runtime.block_on(async {
+        seccomp::install(config.seccomp)?;
+        server::serve(listener, dispatcher, &config)
+            .await
+            .map_err(DaemonError::Runtime)
+    });
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    socket_file.cleanup();
+    result
+}

@@ -1,0 +1,141 @@
+//! The seccomp allow-list: the system calls the serving daemon makes, and nothing else.
+//! Installed on all threads (TSYNC) once the runtime exists; threads started later inherit it.
+//! ioctl is allowed only with the SG_IO and SG_GET_VERSION_NUM request numbers.
+
+use std::collections::BTreeMap;
+
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule,
+};
+
+use crate::cli::SeccompMode;
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct SeccompError(String);
+
+const SG_IO: u64 = 0x2285;
+const SG_GET_VERSION_NUM: u64 = 0x2282;
+
+/// System calls allowed without conditions.
+fn allowed() -> Vec<i64> {
+    let mut v = vec![
+        // Socket and descriptor I/O.
+        libc::SYS_read,
+        libc::SYS_write,
+        libc::SYS_readv,
+        libc::SYS_writev,
+        libc::SYS_recvmsg,
+        libc::SYS_recvfrom,
+        libc::SYS_sendmsg,
+        libc::SYS_sendto,
+        libc::SYS_accept4,
+        libc::SYS_close,
+        libc::SYS_shutdown,
+        libc::SYS_getsockname,
+        libc::SYS_getsockopt,
+        libc::SYS_fcntl,
+        libc::SYS_newfstatat,
+        libc::SYS_statx,
+        libc::SYS_fsync,
+        libc::SYS_memfd_create,
+        libc::SYS_socket,
+        libc::SYS_connect,
+        // Event loop.
+        libc::SYS_epoll_pwait,
+        libc::SYS_epoll_pwait2,
+        libc::SYS_epoll_ctl,
+        libc::SYS_epoll_create1,
+        libc::SYS_eventfd2,
+        libc::SYS_futex,
+        libc::SYS_sched_yield,
+        libc::SYS_nanosleep,
+        libc::SYS_clock_nanosleep,
+        libc::SYS_clock_gettime,
+        // Memory.
+        libc::SYS_mmap,
+        libc::SYS_munmap,
+        libc::SYS_mremap,
+        libc::SYS_madvise,
+        libc::SYS_mprotect,
+        libc::SYS_brk,
+        // Threads of the blocking pool.
+        libc::SYS_clone,
+        libc::SYS_clone3,
+        libc::SYS_set_robust_list,
+        libc::SYS_rseq,
+        libc::SYS_sigaltstack,
+        libc::SYS_prctl,
+        libc::SYS_sched_getaffinity,
+        libc::SYS_gettid,
+        libc::SYS_getpid,
+        libc::SYS_getrandom,
+        // Signals and exit.
+        libc::SYS_rt_sigaction,
+        libc::SYS_rt_sigprocmask,
+        libc::SYS_rt_sigreturn,
+        libc::SYS_restart_syscall,
+        libc::SYS_tgkill,
+        libc::SYS_exit,
+        libc::SYS_exit_group,
+        // Removing the socket and pidfile at exit.
+        libc::SYS_unlinkat,
+    ];
+    #[cfg(target_arch = "x86_64")]
+    v.extend_from_slice(&[
+        libc::SYS_fstat,
+        libc::SYS_epoll_wait,
+        libc::SYS_poll,
+        libc::SYS_unlink,
+    ]);
+    v
+}
+
+fn program(mode: SeccompMode) -> Result<BpfProgram, SeccompError> {
+    let err = |e: &dyn std::fmt::Display| SeccompError(e.to_string());
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
+        allowed().into_iter().map(|s| (s, vec![])).collect();
+    let ioctl_rule = |req: u64| -> Result<SeccompRule, SeccompError> {
+        let cond = SeccompCondition::new(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, req)
+            .map_err(|e| err(&e))?;
+        SeccompRule::new(vec![cond]).map_err(|e| err(&e))
+    };
+    rules.insert(
+        libc::SYS_ioctl,
+        vec![ioctl_rule(SG_IO)?, ioctl_rule(SG_GET_VERSION_NUM)?],
+    );
+    let mismatch = match mode {
+        SeccompMode::Kill => SeccompAction::KillProcess,
+        SeccompMode::Log => SeccompAction::Log,
+        SeccompMode::None => unreachable!("no program is built without seccomp"),
+    };
+    let arch = std::env::consts::ARCH.try_into().map_err(|e| err(&e))?;
+    let filter =
+        SeccompFilter::new(rules, mismatch, SeccompAction::Allow, arch).map_err(|e| err(&e))?;
+    filter
+        .try_into()
+        .map_err(|e: seccompiler::BackendError| err(&e))
+}
+
+pub fn install(mode: SeccompMode) -> Result<(), SeccompError> {
+    if mode == SeccompMode::None {
+        tracing::warn!("seccomp filter disabled (--seccomp=none)");
+        return Ok(());
+    }
+    let prog = program(mode)?;
+    seccompiler::apply_filter_all_threads(&prog).map_err(|e| SeccompError(e.to_string()))?;
+    tracing::debug!("seccomp filter installed ({mode:?} on other syscalls)");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn programs_build() {
+        assert!(!program(SeccompMode::Kill).unwrap().is_empty());
+        assert!(!program(SeccompMode::Log).unwrap().is_empty());
+    }
+}

@@ -73,7 +73,7 @@ impl Dispatcher {
             return refuse(
                 SenseCode::LOGICAL_UNIT_NOT_SUPPORTED,
                 format!(
-                    "descriptor is a {}, not a block device or an sg device",
+                    "the descriptor is a {}, neither a block device nor an sg device",
                     kind.describe()
                 ),
             );

@@ -117,13 +117,6 @@ impl Connection {
     async fn run(mut self) -> Result<(), ConnectionError> {
         self.handshake().await?;
         loop {
-            // Between requests the connection may stay idle for as long as the VM runs, but a
-            // shutdown ends it.
-            let mut shutdown = self.shutdown.clone();
-            tokio::select! {
-                r = self.stream.ready(Interest::READABLE) => { r?; }
-                _ = shutdown.wait_for(|s| *s) => return Ok(()),
-            }
             let mut fd = None;
             let mut cdb = [0u8; CDB_SIZE];
             match self
@@ -178,7 +171,15 @@ impl Connection {
         let mut filled = 0;
         while filled < buf.len() {
             let received = if filled == 0 && eof_ok {
-                self.recv(&mut buf[filled..]).await?
+                // Between requests the connection may stay idle for as long as the VM runs, but
+                // a shutdown ends it. (Waiting in recv itself matters: the socket's readiness
+                // can be stale right after a request, so a separate readiness wait would return
+                // at once and leave us blind to the shutdown.)
+                let mut shutdown = self.shutdown.clone();
+                tokio::select! {
+                    r = self.recv(&mut buf[filled..]) => r?,
+                    _ = shutdown.wait_for(|s| *s) => return Ok(Read::Eof),
+                }
             } else {
                 match tokio::time::timeout(self.io_timeout, self.recv(&mut buf[filled..])).await {
                     Err(_) => return Err(ConnectionError::Stalled(self.io_timeout)),

@@ -56,7 +56,7 @@ impl FileKind {
         match self {
             FileKind::Block(d) => format!("block device {d}"),
             FileKind::ScsiGeneric(d, v) => format!("sg device {d} (driver {v})"),
-            FileKind::OtherChar(d) => format!("character device {d} that is not an sg device"),
+            FileKind::OtherChar(d) => format!("character device {d}"),
             FileKind::Regular => "regular file".into(),
             FileKind::Directory => "directory".into(),
             FileKind::Fifo => "pipe".into(),

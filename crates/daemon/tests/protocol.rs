@@ -1,0 +1,390 @@
+//! The daemon over a real socket: well-formed requests, every malformed-input class, device
+//! kinds, concurrency, and descriptor hygiene.
+
+mod common;
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::AsFd;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const CHECK_CONDITION: u32 = 2;
+
+#[test]
+fn handshake_sends_zero_and_serves_requests() {
+    let h = Helper::ours(&[]);
+    let f = File::open("/proc/self/status").unwrap();
+    let mut c = h.connect();
+    for _ in 0..3 {
+        let a = c.request(&pr_in(0, 64), f.as_fd(), &[]);
+        // A regular file is refused without touching it: ILLEGAL REQUEST, LOGICAL UNIT NOT
+        // SUPPORTED (SPC-4 05h/25h/00h), no data.
+        assert_eq!(a.status(), CHECK_CONDITION);
+        assert_eq!(a.sense_code(), (0x05, 0x25, 0x00));
+        let Answer::Reply { sense, data, .. } = a else {
+            unreachable!()
+        };
+        assert_eq!(sense[0], 0x70);
+        assert!(data.is_empty());
+    }
+}
+
+#[test]
+fn garbage_handshake_closes_the_connection() {
+    let h = Helper::ours(&[]);
+    let mut c = Conn::connect_raw(&h.socket);
+    let mut w = [0u8; 4];
+    c.stream.read_exact(&mut w).unwrap();
+    c.stream.write_all(&[0xde, 0xad, 0xbe, 0xef]).unwrap();
+    assert_eq!(c.answer(), Answer::Closed);
+    // A short handshake followed by a close is just a disconnect; the daemon keeps serving.
+    let mut c2 = Conn::connect_raw(&h.socket);
+    c2.stream.write_all(&[0, 0]).unwrap();
+    drop(c2);
+    let f = File::open("/dev/null").unwrap();
+    assert_eq!(
+        h.connect().request(&pr_in(0, 8), f.as_fd(), &[]).status(),
+        CHECK_CONDITION
+    );
+}
+
+#[test]
+fn malformed_requests_close_the_connection() {
+    let h = Helper::ours(&[]);
+    let f = File::open("/dev/null").unwrap();
+    let fw = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/null")
+        .unwrap();
+
+    // No descriptor.
+    let mut c = h.connect();
+    c.send(&pr_in(0, 8), &[]).unwrap();
+    assert_eq!(c.answer(), Answer::Closed, "no fd");
+
+    // Two descriptors on one request.
+    let mut c = h.connect();
+    c.send(&pr_in(0, 8), &[f.as_fd(), f.as_fd()]).unwrap();
+    assert_eq!(c.answer(), Answer::Closed, "two fds");
+
+    // Two descriptors on two parts of the same CDB.
+    let mut c = h.connect();
+    let cdb = pr_in(0, 8);
+    c.send(&cdb[..4], &[f.as_fd()]).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    c.send(&cdb[4..], &[f.as_fd()]).unwrap();
+    assert_eq!(c.answer(), Answer::Closed, "second fd later in the CDB");
+
+    // Wrong opcodes: READ(10), INQUIRY, 0.
+    for op in [0x28u8, 0x12, 0x00] {
+        let mut c = h.connect();
+        let mut cdb = [0u8; 16];
+        cdb[0] = op;
+        assert_eq!(
+            c.request(&cdb, f.as_fd(), &[]),
+            Answer::Closed,
+            "opcode {op:#x}"
+        );
+    }
+
+    // Oversize transfer lengths.
+    let mut c = h.connect();
+    assert_eq!(
+        c.request(&pr_in(0, 8193), f.as_fd(), &[]),
+        Answer::Closed,
+        "PR IN 8193"
+    );
+    let mut c = h.connect();
+    assert_eq!(
+        c.request(&pr_out(0, 0, 8193), fw.as_fd(), &[]),
+        Answer::Closed,
+        "PR OUT 8193"
+    );
+    let mut c = h.connect();
+    assert_eq!(
+        c.request(&pr_out(0, 0, 0x0100_0018), fw.as_fd(), &[]),
+        Answer::Closed,
+        "PR OUT 16M"
+    );
+
+    // A descriptor sent with the parameter data instead of the CDB.
+    let mut c = h.connect();
+    c.send(&pr_out(0, 0, 24), &[fw.as_fd()]).unwrap();
+    c.send(&params(0, 1), &[fw.as_fd()]).unwrap();
+    assert_eq!(c.answer(), Answer::Closed, "fd with parameter data");
+
+    // Still serving.
+    assert_eq!(
+        h.connect().request(&pr_in(0, 8), f.as_fd(), &[]).status(),
+        CHECK_CONDITION
+    );
+}
+
+#[test]
+fn exact_limits_are_accepted() {
+    let h = Helper::ours(&[]);
+    let f = File::open("/dev/null").unwrap();
+    let fw = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/null")
+        .unwrap();
+    let mut c = h.connect();
+    assert_eq!(
+        c.request(&pr_in(0, 8192), f.as_fd(), &[]).status(),
+        CHECK_CONDITION
+    );
+    assert_eq!(
+        c.request(&pr_in(0, 0), f.as_fd(), &[]).status(),
+        CHECK_CONDITION
+    );
+    assert_eq!(
+        c.request(&pr_out(0, 0, 8192), fw.as_fd(), &vec![0u8; 8192])
+            .status(),
+        CHECK_CONDITION
+    );
+    assert_eq!(
+        c.request(&pr_out(0, 0, 0), fw.as_fd(), &[]).status(),
+        CHECK_CONDITION
+    );
+}
+
+#[test]
+fn descriptor_may_come_with_any_byte_of_the_cdb() {
+    let h = Helper::ours(&[]);
+    let f = File::open("/proc/self/status").unwrap();
+    for split in [1usize, 8, 15] {
+        let mut c = h.connect();
+        let cdb = pr_in(1, 24);
+        c.send(&cdb[..split], &[]).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        c.send(&cdb[split..], &[f.as_fd()]).unwrap();
+        let a = c.answer();
+        assert_eq!(a.sense_code(), (0x05, 0x25, 0x00), "fd with byte {split}");
+    }
+    // And byte-by-byte with the fd on the first byte.
+    let mut c = h.connect();
+    let cdb = pr_in(1, 24);
+    c.send(&cdb[..1], &[f.as_fd()]).unwrap();
+    for b in &cdb[1..] {
+        c.stream.write_all(&[*b]).unwrap();
+    }
+    assert_eq!(c.answer().sense_code(), (0x05, 0x25, 0x00));
+}
+
+#[test]
+fn disconnects_mid_request_do_not_disturb_the_daemon() {
+    let h = Helper::ours(&[]);
+    let fw = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/null")
+        .unwrap();
+    // Half a CDB, then gone.
+    let mut c = h.connect();
+    c.send(&pr_in(0, 8)[..7], &[fw.as_fd()]).unwrap();
+    drop(c);
+    // Whole PR OUT CDB, short parameter data, then gone.
+    let mut c = h.connect();
+    c.send(&pr_out(0, 0, 24), &[fw.as_fd()]).unwrap();
+    c.stream.write_all(&[0u8; 10]).unwrap();
+    drop(c);
+    // Whole request, gone before the reply.
+    let mut c = h.connect();
+    c.send(&pr_in(0, 8), &[fw.as_fd()]).unwrap();
+    drop(c);
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(
+        h.connect()
+            .request(&pr_out(0, 0, 24), fw.as_fd(), &params(0, 1))
+            .status(),
+        CHECK_CONDITION
+    );
+}
+
+#[test]
+fn short_parameter_data_times_out_and_closes() {
+    let h = Helper::ours(&["--io-timeout", "1"]);
+    let fw = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/null")
+        .unwrap();
+    let mut c = h.connect();
+    c.send(&pr_out(0, 0, 24), &[fw.as_fd()]).unwrap();
+    c.stream.write_all(&[0u8; 10]).unwrap();
+    let start = Instant::now();
+    assert_eq!(c.answer(), Answer::Closed);
+    assert!(start.elapsed() < Duration::from_secs(20));
+}
+
+#[test]
+fn silent_client_does_not_block_others_and_is_dropped_after_the_timeout() {
+    let h = Helper::ours(&["--io-timeout", "1"]);
+    let mut silent = Conn::connect_raw(&h.socket);
+    let f = File::open("/dev/null").unwrap();
+    // Others are served while the silent client holds its connection.
+    for _ in 0..5 {
+        assert_eq!(
+            h.connect().request(&pr_in(0, 8), f.as_fd(), &[]).status(),
+            CHECK_CONDITION
+        );
+    }
+    // It receives the feature word, never answers, and is disconnected after --io-timeout.
+    let mut w = [0u8; 4];
+    silent.stream.read_exact(&mut w).unwrap();
+    let mut rest = Vec::new();
+    let n = silent.stream.read_to_end(&mut rest).unwrap();
+    assert_eq!(n, 0);
+}
+
+#[test]
+fn idle_connections_after_handshake_are_kept() {
+    let h = Helper::ours(&["--io-timeout", "1"]);
+    let f = File::open("/dev/null").unwrap();
+    let mut c = h.connect();
+    std::thread::sleep(Duration::from_millis(2500));
+    // QEMU keeps its connection idle for as long as the VM runs: it must still work.
+    assert_eq!(
+        c.request(&pr_in(0, 8), f.as_fd(), &[]).status(),
+        CHECK_CONDITION
+    );
+}
+
+fn pty() -> File {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/ptmx")
+        .unwrap()
+}
+
+#[test]
+fn descriptor_kinds_that_are_not_devices_are_refused() {
+    let h = Helper::ours(&[]);
+    let mut c = h.connect();
+    let (pipe_r, _pipe_w) = std::io::pipe().unwrap();
+    let (sock_a, _sock_b) = std::os::unix::net::UnixStream::pair().unwrap();
+    let regular = File::open("/proc/self/status").unwrap();
+    let devnull = File::open("/dev/null").unwrap();
+    let tty = pty();
+    let dir = File::open("/").unwrap();
+    let fds: [(&str, std::os::fd::BorrowedFd<'_>); 6] = [
+        ("regular file", regular.as_fd()),
+        ("pipe", pipe_r.as_fd()),
+        ("socket", sock_a.as_fd()),
+        ("/dev/null", devnull.as_fd()),
+        ("pty", tty.as_fd()),
+        ("directory", dir.as_fd()),
+    ];
+    for (what, fd) in fds {
+        for sa in 0..4 {
+            let a = c.request(&pr_in(sa, 256), fd, &[]);
+            assert_eq!(a.status(), CHECK_CONDITION, "{what}");
+            assert_eq!(a.sense_code(), (0x05, 0x25, 0x00), "{what}");
+        }
+    }
+}
+
+#[test]
+fn loop_device_goes_to_sg_io_and_read_only_pr_out_is_refused() {
+    let h = Helper::ours(&[]);
+    let lo = LoopDevice::new();
+    let ro = lo.open(false);
+    let rw = lo.open(true);
+    let mut c = h.connect();
+    // SG_IO on a loop device fails with EINVAL: ILLEGAL REQUEST, INVALID FIELD IN CDB
+    // (05h/24h/00h), as QEMU maps it.
+    let a = c.request(&pr_in(0, 64), ro.as_fd(), &[]);
+    assert_eq!(
+        (a.status(), a.sense_code()),
+        (CHECK_CONDITION, (0x05, 0x24, 0x00))
+    );
+    let a = c.request(&pr_out(0, 0, 24), rw.as_fd(), &params(0, 0x1234));
+    assert_eq!(
+        (a.status(), a.sense_code()),
+        (CHECK_CONDITION, (0x05, 0x24, 0x00))
+    );
+    // PR OUT on a read-only descriptor: INVALID COMMAND OPERATION CODE (05h/20h/00h), no I/O.
+    let a = c.request(&pr_out(0, 0, 24), ro.as_fd(), &params(0, 0x1234));
+    assert_eq!(
+        (a.status(), a.sense_code()),
+        (CHECK_CONDITION, (0x05, 0x20, 0x00))
+    );
+}
+
+#[test]
+fn thousand_concurrent_clients() {
+    let h = Helper::ours(&[]);
+    let socket = h.socket.clone();
+    let start = std::sync::Arc::new(std::sync::Barrier::new(1000));
+    let threads: Vec<_> = (0..1000)
+        .map(|i| {
+            let socket = socket.clone();
+            let start = start.clone();
+            std::thread::Builder::new()
+                .stack_size(64 * 1024)
+                .spawn(move || {
+                    let mut c = Conn::connect(&socket);
+                    start.wait();
+                    let f = File::open("/dev/null").unwrap();
+                    let a = c.request(&pr_in((i % 4) as u8, 8), f.as_fd(), &[]);
+                    a.sense_code()
+                })
+                .unwrap()
+        })
+        .collect();
+    for t in threads {
+        assert_eq!(t.join().unwrap(), (0x05, 0x25, 0x00));
+    }
+}
+
+#[test]
+fn no_descriptor_leaks_over_100000_requests() {
+    let h = Helper::ours(&[]);
+    let f = File::open("/dev/null").unwrap();
+    // Warm up so that lazily created runtime descriptors exist before counting.
+    h.connect().request(&pr_in(0, 8), f.as_fd(), &[]);
+    std::thread::sleep(Duration::from_millis(200));
+    let before = h.open_fds();
+    let socket = h.socket.clone();
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let socket = socket.clone();
+            std::thread::spawn(move || {
+                let f = File::open("/dev/null").unwrap();
+                let fw = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open("/dev/null")
+                    .unwrap();
+                let mut c = Conn::connect(&socket);
+                for i in 0..12_500 {
+                    let a = if (i + t) % 3 == 0 {
+                        c.request(&pr_out(0, 0, 24), fw.as_fd(), &params(0, 1))
+                    } else {
+                        c.request(&pr_in(0, 8), f.as_fd(), &[])
+                    };
+                    assert_eq!(a.status(), CHECK_CONDITION);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    // Malformed requests with descriptors attached must not leak either.
+    for _ in 0..200 {
+        let mut c = h.connect();
+        c.send(&pr_in(0, 8), &[f.as_fd(), f.as_fd()]).unwrap();
+        let _ = c.answer();
+        let mut c = h.connect();
+        let mut bad = pr_in(0, 8);
+        bad[0] = 0x28;
+        let _ = c.request(&bad, f.as_fd(), &[]);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        h.open_fds(),
+        before,
+        "descriptors before and after 100,000 requests"
+    );
+}

@@ -43,7 +43,10 @@ fn step(name: &'static str, cdb: [u8; 16], params: Vec<u8>, fd: Option<usize>) -
 
 /// Runs the steps on one connection and records every answer; after a close, reconnects
 /// (as QEMU does) and goes on.
-fn run(helper: &Helper, steps: &[Step], fds: &[BorrowedFd<'_>]) -> Vec<(String, Answer)> {
+/// The answers to a sequence, named by step.
+type Answers = Vec<(String, Answer)>;
+
+fn run(helper: &Helper, steps: &[Step], fds: &[BorrowedFd<'_>]) -> Answers {
     let mut out = Vec::new();
     let mut conn = helper.connect();
     for s in steps {
@@ -64,10 +67,7 @@ fn run(helper: &Helper, steps: &[Step], fds: &[BorrowedFd<'_>]) -> Vec<(String, 
     out
 }
 
-fn compare(
-    steps: &[Step],
-    fds: &[BorrowedFd<'_>],
-) -> (Vec<(String, Answer)>, Vec<(String, Answer)>) {
+fn compare(steps: &[Step], fds: &[BorrowedFd<'_>]) -> (Answers, Answers) {
     let c = Helper::c_helper();
     let ours = Helper::ours(&[]);
     (run(&c, steps, fds), run(&ours, steps, fds))

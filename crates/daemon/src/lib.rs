@@ -37,6 +37,11 @@ pub enum DaemonError {
 pub fn run(config: Config) -> Result<(), DaemonError> {
     logging::init(&config)?;
     process::raise_fd_limit();
+    // Before any thread exists: new threads then never need to open files to size malloc
+    // arenas, which the seccomp filter forbids.
+    if !pr_sys::process::limit_malloc_arenas(2) {
+        tracing::warn!("cannot limit malloc arenas; a new thread may trip the seccomp filter");
+    }
     let (listener, socket_file) = listener::listen(&config.socket)?.into_parts();
     listener
         .set_nonblocking(true)

@@ -223,7 +223,8 @@ impl Connection {
     async fn execute(&self, fd: OwnedFd, header: RequestHeader, parameters: Vec<u8>) -> Reply {
         let (backend, kind, read_only) = match self.dispatcher.route(fd.as_fd(), &header) {
             Route::Immediate { reply, reason } => {
-                warn!("refused {}: {reason}", describe(&header));
+                // Info, not warn: a client can send these as fast as it likes.
+                info!("refused {}: {reason}", describe(&header));
                 return reply;
             }
             Route::Execute { backend, device } => (backend, device.kind, device.read_only),

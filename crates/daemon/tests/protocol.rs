@@ -388,3 +388,35 @@ fn no_descriptor_leaks_over_100000_requests() {
         "descriptors before and after 100,000 requests"
     );
 }
+
+#[test]
+fn concurrent_sg_io_grows_the_blocking_pool_under_seccomp() {
+    // Many clients at once on a block device make the runtime start blocking-pool threads after
+    // the seccomp filter is in place; each new thread must stay within the allow-list (glibc
+    // used to open /sys/devices/system/cpu/online to size a new malloc arena, and the daemon
+    // was killed).
+    let h = Helper::ours(&[]);
+    let lo = LoopDevice::new();
+    let path = lo.path.clone();
+    let socket = h.socket.clone();
+    let threads: Vec<_> = (0..32)
+        .map(|_| {
+            let (socket, path) = (socket.clone(), path.clone());
+            std::thread::spawn(move || {
+                let dev = File::open(&path).unwrap();
+                let mut c = Conn::connect(&socket);
+                for _ in 0..200 {
+                    assert_eq!(
+                        c.request(&pr_in(0, 64), dev.as_fd(), &[]).sense_code(),
+                        (0x05, 0x24, 0x00)
+                    );
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let st = h.proc_status();
+    assert!(st.contains("Seccomp:\t2"), "seccomp filter active");
+}

@@ -77,3 +77,12 @@ pub(crate) fn take_fd3() -> io::Result<std::os::fd::OwnedFd> {
     rustix::io::fcntl_setfd(&fd, rustix::io::FdFlags::CLOEXEC)?;
     Ok(fd)
 }
+
+/// Caps the number of glibc malloc arenas. With a cap, glibc never needs to count CPUs (by
+/// opening /sys/devices/system/cpu/online) when a new thread first allocates, which the seccomp
+/// filter would forbid; fewer arenas also keep the resident set small.
+pub(crate) fn set_malloc_arena_max(arenas: i32) -> bool {
+    // SAFETY: mallopt only changes allocator tunables; M_ARENA_MAX takes any positive int. It
+    // is called at start-up, before the runtime's threads exist.
+    unsafe { libc::mallopt(libc::M_ARENA_MAX, arenas) == 1 }
+}

@@ -7,5 +7,6 @@
 pub mod activation;
 pub mod device;
 mod ioctl;
+pub mod process;
 pub mod scm;
 pub mod sgio;

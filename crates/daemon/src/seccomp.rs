@@ -1,6 +1,12 @@
 //! The seccomp allow-list: the system calls the serving daemon makes, and nothing else.
 //! Installed on all threads (TSYNC) once the runtime exists; threads started later inherit it.
 //! ioctl is allowed only with the SG_IO and SG_GET_VERSION_NUM request numbers.
+//!
+//! Opening files is never needed after start-up, but libc and std probe CPU and cgroup files
+//! from new threads (to size malloc arenas or thread pools). Those opens fail with EACCES — the
+//! callers fall back gracefully — instead of killing the daemon: a second, stacked filter
+//! answers open/openat with EACCES, and since the kernel applies the most restrictive result of
+//! all filters, that error wins over the first filter's allow.
 
 use std::collections::BTreeMap;
 
@@ -81,6 +87,8 @@ fn allowed() -> Vec<i64> {
         libc::SYS_exit_group,
         // Removing the socket and pidfile at exit.
         libc::SYS_unlinkat,
+        // Refused with EACCES by the second filter (see the module comment).
+        libc::SYS_openat,
     ];
     #[cfg(target_arch = "x86_64")]
     v.extend_from_slice(&[
@@ -88,8 +96,29 @@ fn allowed() -> Vec<i64> {
         libc::SYS_epoll_wait,
         libc::SYS_poll,
         libc::SYS_unlink,
+        libc::SYS_open,
     ]);
     v
+}
+
+/// The second filter: every file open fails with EACCES.
+fn deny_opens() -> Result<BpfProgram, SeccompError> {
+    let err = |e: &dyn std::fmt::Display| SeccompError(e.to_string());
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
+    rules.insert(libc::SYS_openat, vec![]);
+    #[cfg(target_arch = "x86_64")]
+    rules.insert(libc::SYS_open, vec![]);
+    let arch = std::env::consts::ARCH.try_into().map_err(|e| err(&e))?;
+    let filter = SeccompFilter::new(
+        rules,
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::EACCES as u32),
+        arch,
+    )
+    .map_err(|e| err(&e))?;
+    filter
+        .try_into()
+        .map_err(|e: seccompiler::BackendError| err(&e))
 }
 
 fn program(mode: SeccompMode) -> Result<BpfProgram, SeccompError> {
@@ -124,6 +153,9 @@ pub fn install(mode: SeccompMode) -> Result<(), SeccompError> {
         return Ok(());
     }
     let prog = program(mode)?;
+    let opens = deny_opens()?;
+    // The open filter goes first: once the allow-list is in, seccomp(2) itself is forbidden.
+    seccompiler::apply_filter_all_threads(&opens).map_err(|e| SeccompError(e.to_string()))?;
     seccompiler::apply_filter_all_threads(&prog).map_err(|e| SeccompError(e.to_string()))?;
     tracing::debug!("seccomp filter installed ({mode:?} on other syscalls)");
     Ok(())
@@ -137,5 +169,6 @@ mod tests {
     fn programs_build() {
         assert!(!program(SeccompMode::Kill).unwrap().is_empty());
         assert!(!program(SeccompMode::Log).unwrap().is_empty());
+        assert!(!deny_opens().unwrap().is_empty());
     }
 }

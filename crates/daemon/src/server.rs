@@ -10,7 +10,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Duration;
 
-use pr_backend::{BackendError, Device, Dispatcher, PrRequest, Route};
+use pr_backend::{Device, Dispatcher, PrRequest, Route};
 use pr_proto::{
     check_client_features, encode_features, Direction, Reply, RequestHeader, CDB_SIZE,
     FEATURES_NONE, FEATURES_SIZE,
@@ -229,7 +229,10 @@ impl Connection {
             }
             Route::Execute { backend, device } => (backend, device.kind, device.read_only),
         };
-        let task = tokio::task::spawn_blocking(move || {
+        // The command may block (a hung device, a slow library). block_in_place first hands
+        // this worker's other tasks to another thread, so no other client waits on it, and
+        // avoids a queue hop to the blocking pool for the common, fast case.
+        let (backend_name, result) = tokio::task::block_in_place(|| {
             let device = Device {
                 fd: fd.as_fd(),
                 kind,
@@ -248,20 +251,6 @@ impl Connection {
             .dev()
             .map(|d| d.to_string())
             .unwrap_or_else(|| "?".into());
-        let (backend_name, result) = match task.await {
-            Ok(r) => r,
-            Err(e) => {
-                warn!(
-                    "backend task for {} on {dev} failed: {e}",
-                    describe(&header)
-                );
-                return BackendError::Unavailable {
-                    backend: "?",
-                    reason: e.to_string(),
-                }
-                .to_reply();
-            }
-        };
         let reply = match result {
             Ok(r) => r,
             Err(e) => {

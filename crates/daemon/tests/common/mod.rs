@@ -57,11 +57,18 @@ impl Helper {
         h
     }
 
+    /// Waits until the helper serves: it has sent its feature word on a connection. (The
+    /// socket listens before privileges are dropped and the seccomp filter is in; the feature
+    /// word only comes once the daemon is serving, i.e. after both.)
     pub fn wait_for_socket(&self) {
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            if UnixStream::connect(&self.socket).is_ok() {
-                return;
+            if let Ok(mut s) = UnixStream::connect(&self.socket) {
+                s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                let mut w = [0u8; 4];
+                if s.read_exact(&mut w).is_ok() {
+                    return;
+                }
             }
             std::thread::sleep(Duration::from_millis(10));
         }

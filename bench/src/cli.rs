@@ -146,8 +146,12 @@ pub struct CompareArgs {
         allow_hyphen_values = true
     )]
     pub ours_args: String,
+    /// Environment for our daemon, KEY=VALUE, repeatable (e.g. MALLOC_ARENA_MAX=16, see
+    /// docs/performance.md).
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub ours_env: Vec<String>,
     /// Directory for results.json, the plot and the helpers' logs.
-    #[arg(long, value_name = "DIR", default_value = "bench-results")]
+    #[arg(long, value_name = "DIR", default_value = "bench/results")]
     pub results: PathBuf,
     /// Also regenerate this report from the results.
     #[arg(long, value_name = "PATH")]

@@ -41,6 +41,7 @@ impl HelperProcess {
         name: &'static str,
         program: &Path,
         extra: &[String],
+        env: &[String],
         socket: &Path,
         log: &Path,
     ) -> io::Result<HelperProcess> {
@@ -56,6 +57,7 @@ impl HelperProcess {
             .arg("-k")
             .arg(socket)
             .args(extra)
+            .envs(env.iter().filter_map(|kv| kv.split_once('=')))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -297,6 +299,7 @@ fn run_in(
         C_HELPER,
         &args.theirs,
         &[],
+        &[],
         &tmp.join("c.sock"),
         &results_dir.join("qemu-pr-helper.log"),
     )
@@ -305,6 +308,7 @@ fn run_in(
         OURS,
         ours,
         &ours_extra,
+        &args.ours_env,
         &tmp.join("ours.sock"),
         &results_dir.join("pr-helper.log"),
     )
@@ -326,9 +330,14 @@ fn run_in(
             (C_HELPER.to_string(), args.theirs.display().to_string()),
             (
                 OURS.to_string(),
-                format!("{} {}", ours.display(), args.ours_args)
-                    .trim()
-                    .to_string(),
+                format!(
+                    "{} {} {}",
+                    args.ours_env.join(" "),
+                    ours.display(),
+                    args.ours_args
+                )
+                .trim()
+                .to_string(),
             ),
         ]),
         startup: BTreeMap::new(),
@@ -366,7 +375,7 @@ fn run_in(
     for round in 0..args.rounds {
         for (i, &clients) in args.clients.iter().enumerate() {
             // Alternate which helper goes first so slow drift does not favour one.
-            let order = if (round as usize + i) % 2 == 0 {
+            let order = if (round as usize + i).is_multiple_of(2) {
                 [&c, &o]
             } else {
                 [&o, &c]

@@ -44,7 +44,7 @@ impl Op {
     /// The 16-byte CDB and the PR OUT parameter data for this request from client `client`.
     /// Keys are distinct per client so a real device would see distinct registrants.
     pub fn request(self, client: u32) -> ([u8; 16], Vec<u8>) {
-        let key = ReservationKey(0x5052_0000_0000_0000 | u64::from(client) + 1);
+        let key = ReservationKey(0x5052_0000_0000_0000 | (u64::from(client) + 1));
         match self {
             Op::In(sa) => (
                 PrInCdb::new(sa, PR_IN_ALLOCATION_LENGTH).to_bytes(),

@@ -138,7 +138,7 @@ pub fn render(sets: &[CompareResults], kept: &str) -> String {
         d,
         "target/release/pr-bench report --results {} --doc docs/performance.md\n```\n",
         sets.iter()
-            .map(|r| format!("bench-results/{}", r.fd_kind))
+            .map(|r| format!("bench/results/{}", r.fd_kind))
             .collect::<Vec<_>>()
             .join(" ")
     );

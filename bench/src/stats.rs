@@ -13,8 +13,9 @@ pub fn percentile(sorted: &[u64], p: f64) -> Option<u64> {
         return None;
     }
     let p = p.clamp(0.0, 100.0);
-    // Nearest rank: the smallest value with at least p% of the samples at or below it.
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    // Nearest rank: the smallest value with at least p% of the samples at or below it. The
+    // small epsilon keeps 99.9% of 2000 at rank 1998 despite 0.999 not being exact in binary.
+    let rank = ((p / 100.0) * sorted.len() as f64 - 1e-9).ceil() as usize;
     Some(sorted[rank.clamp(1, sorted.len()) - 1])
 }
 

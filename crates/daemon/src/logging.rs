@@ -44,7 +44,9 @@ pub fn init(config: &Config) -> Result<(), DaemonError> {
             .with(
                 tracing_subscriber::fmt::layer()
                     .with_writer(std::io::stderr)
-                    .with_target(false),
+                    .with_target(false)
+                    // Colour only on a terminal: logs redirected to a file stay plain text.
+                    .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
             )
             .try_init()
             .map_err(|e| DaemonError::Logging(e.to_string()))

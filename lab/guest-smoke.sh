@@ -56,4 +56,6 @@ if timeout 60 dd if=/dev/zero of=/dev/sda bs=512 count=1 oflag=direct 2>/dev/nul
 if timeout 60 dd if=/dev/zero of=/dev/sdb bs=512 count=1 oflag=direct 2>/dev/null; then ok "holder B can write"; else ko "holder B can write" "write failed"; fi
 grep -q "^Uid:.*65534" /proc/$hp/status && grep -q "CapEff:.*0000000000020000" /proc/$hp/status && ok "helper runs as nobody with CAP_SYS_RAWIO" || ko "helper privileges" "$(grep -E 'Uid|CapEff' /proc/$hp/status)"
 kill $hp
+# Kernel messages from LIO and the SCSI layer explain most failures; print them when any.
+[ $fail = 0 ] || dmesg | grep -iE "target|tcm|aptpl|sd |scsi" | tail -40 | sed 's/^/lab-dmesg: /'
 echo "LAB-RESULT $pass $fail"

@@ -51,7 +51,7 @@ fn reconnects_after_a_helper_restart() {
     // Restart the helper on the same socket path, as libvirt or systemd would.
     let socket = h.socket.clone();
     assert_eq!(h.signal_and_wait(libc::SIGTERM).code(), Some(0));
-    let mut child = std::process::Command::new(OUR_HELPER)
+    let mut child = std::process::Command::new(our_helper())
         .arg("-k")
         .arg(&socket)
         .stderr(std::process::Stdio::null())

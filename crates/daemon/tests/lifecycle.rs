@@ -130,7 +130,7 @@ fn pidfile_is_written_locked_and_removed() {
     );
     // A second instance with the same pidfile refuses to start, naming the running pid.
     let sock2 = dir.path().join("second.sock");
-    let out = Command::new(OUR_HELPER)
+    let out = Command::new(our_helper())
         .arg("-k")
         .arg(&sock2)
         .args(["-f", pidarg])
@@ -151,7 +151,7 @@ fn daemonizes_and_writes_the_daemons_pid() {
     let dir = tempfile::tempdir().unwrap();
     let pidfile = dir.path().join("d.pid");
     let sock = dir.path().join("d.sock");
-    let status = Command::new(OUR_HELPER)
+    let status = Command::new(our_helper())
         .args(["-d", "-f"])
         .arg(&pidfile)
         .arg("-k")
@@ -205,20 +205,20 @@ impl Drop for KillOnDrop {
 
 #[test]
 fn command_line_errors_are_clear() {
-    let out = Command::new(OUR_HELPER)
+    let out = Command::new(our_helper())
         .args(["-k", "relative.sock"])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("socket path must be absolute"));
-    let out = Command::new(OUR_HELPER)
+    let out = Command::new(our_helper())
         .args(["-u", "no-such-user-zz", "-k", "/tmp/x.sock"])
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid user 'no-such-user-zz'"));
-    let out = Command::new(OUR_HELPER).arg("--bogus").output().unwrap();
+    let out = Command::new(our_helper()).arg("--bogus").output().unwrap();
     assert!(!out.status.success());
-    let out = Command::new(OUR_HELPER).arg("--help").output().unwrap();
+    let out = Command::new(our_helper()).arg("--help").output().unwrap();
     let help = String::from_utf8_lossy(&out.stdout);
     for opt in [
         "--daemon",
@@ -233,11 +233,11 @@ fn command_line_errors_are_clear() {
     ] {
         assert!(help.contains(opt), "--help lacks {opt}");
     }
-    let out = Command::new(OUR_HELPER).arg("-V").output().unwrap();
+    let out = Command::new(our_helper()).arg("-V").output().unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("pr-helper "));
     // A path that exists and is not a socket is never replaced.
     let f = tempfile::NamedTempFile::new().unwrap();
-    let out = Command::new(OUR_HELPER)
+    let out = Command::new(our_helper())
         .arg("-k")
         .arg(f.path())
         .output()
@@ -262,7 +262,7 @@ fn socket_activation_and_readiness() {
         .arg("-l")
         .arg(&sock)
         .arg(format!("--setenv=NOTIFY_SOCKET={}", notify.display()))
-        .arg(OUR_HELPER)
+        .arg(our_helper())
         .arg("-f")
         .arg(&pidfile)
         .stdin(Stdio::null())
@@ -295,7 +295,8 @@ fn socket_activation_and_readiness() {
     let mut out = Command::new("systemd-socket-activate")
         .arg("-l")
         .arg(&sock2)
-        .args([OUR_HELPER, "-k", "/tmp/other.sock"])
+        .arg(our_helper())
+        .args(["-k", "/tmp/other.sock"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

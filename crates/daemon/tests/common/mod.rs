@@ -10,7 +10,21 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-pub const OUR_HELPER: &str = env!("CARGO_BIN_EXE_pr-helper");
+/// Our daemon's binary: cargo names it for the daemon's own tests; other packages' tests
+/// (pr-ctl's) find it beside their own executable in the same target directory.
+pub fn our_helper() -> PathBuf {
+    if let Some(p) = option_env!("CARGO_BIN_EXE_pr-helper") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().unwrap();
+    let p = exe.parent().unwrap().parent().unwrap().join("pr-helper");
+    assert!(
+        p.exists(),
+        "{} is missing: build it first (cargo test --workspace builds it)",
+        p.display()
+    );
+    p
+}
 pub const C_HELPER: &str = "/usr/bin/qemu-pr-helper";
 
 /// A helper process listening on a socket in a temporary directory; killed on drop.
@@ -23,7 +37,7 @@ pub struct Helper {
 impl Helper {
     /// Starts our daemon with `args` (besides -k).
     pub fn ours(args: &[&str]) -> Helper {
-        Helper::start(OUR_HELPER, args)
+        Helper::start(our_helper(), args)
     }
 
     /// Starts QEMU's C helper.
@@ -35,7 +49,8 @@ impl Helper {
         Helper::start(C_HELPER, &[])
     }
 
-    pub fn start(binary: &str, args: &[&str]) -> Helper {
+    pub fn start(binary: impl AsRef<std::ffi::OsStr>, args: &[&str]) -> Helper {
+        let binary = binary.as_ref();
         raise_nofile();
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("helper.sock");
@@ -51,7 +66,7 @@ impl Helper {
                 Stdio::null()
             })
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {binary}: {e}"));
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.to_string_lossy()));
         let h = Helper { child, socket, dir };
         h.wait_for_socket();
         h

@@ -93,14 +93,14 @@ fn scsi_failure(cli: &Cli, device: &Path, what: &str, reply: &Reply) -> Outcome 
     }
 }
 
-fn read(cli: &Cli, read: Read, args: &ReadArgs) -> Result<Outcome, Failure> {
-    let reply = execute(cli, &args.device, false, &read.cdb(args.maxlen), &[])?;
+fn read(cli: &Cli, read: Read, device: &Path, maxlen: u16) -> Result<Outcome, Failure> {
+    let reply = execute(cli, device, false, &read.cdb(maxlen), &[])?;
     let what = read.service_action().name();
     if reply.status != Status::GOOD {
-        return Ok(scsi_failure(cli, &args.device, what, &reply));
+        return Ok(scsi_failure(cli, device, what, &reply));
     }
     let r = render_read(read, &reply.data)
-        .map_err(|e| Failure::new(exit::FAILURE, format!("{}: {e}", args.device.display())))?;
+        .map_err(|e| Failure::new(exit::FAILURE, format!("{}: {e}", device.display())))?;
     Ok(Outcome {
         stdout: if cli.json {
             format!("{}\n", r.json)
@@ -131,7 +131,45 @@ fn write(cli: &Cli, device: &Path, op: Write) -> Result<Outcome, Failure> {
     })
 }
 
-fn raw(cli: &Cli, device: &Path, cdb_hex: &str, data_hex: &str) -> Result<Outcome, Failure> {
+fn raw(cli: &Cli, device: &Path, cdb: &[u8; 16], data: &[u8]) -> Result<Outcome, Failure> {
+    let write = cdb[0] == pr_scsi::PERSISTENT_RESERVE_OUT;
+    let reply = execute(cli, device, write, cdb, data)?;
+    let out = json!({
+        "status": reply.status.0,
+        "sense": hex(&reply.sense),
+        "data": hex(&reply.data),
+    });
+    Ok(Outcome {
+        stdout: format!("{out}\n"),
+        ..Outcome::default()
+    })
+}
+
+/// What a device command sends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Operation {
+    Read { read: Read, maxlen: u16 },
+    Write(Write),
+    Raw { cdb: [u8; 16], data: Vec<u8> },
+}
+
+impl Operation {
+    /// The CDB and parameter list on the wire.
+    pub fn request(&self) -> ([u8; 16], Vec<u8>) {
+        match self {
+            Operation::Read { read, maxlen } => (read.cdb(*maxlen), Vec::new()),
+            Operation::Write(w) => w.request(),
+            Operation::Raw { cdb, data } => (*cdb, data.clone()),
+        }
+    }
+
+    /// Whether the device must be opened read-write (PR OUT).
+    pub fn writes(&self) -> bool {
+        self.request().0[0] == pr_scsi::PERSISTENT_RESERVE_OUT
+    }
+}
+
+fn raw_operation(cdb_hex: &str, data_hex: &str) -> Result<Operation, Failure> {
     let usage = |m: String| Failure::new(exit::USAGE, m);
     let bytes = parse_hex("--cdb", cdb_hex).map_err(usage)?;
     if bytes.is_empty() || bytes.len() > 16 {
@@ -143,17 +181,83 @@ fn raw(cli: &Cli, device: &Path, cdb_hex: &str, data_hex: &str) -> Result<Outcom
     let mut cdb = [0u8; 16];
     cdb[..bytes.len()].copy_from_slice(&bytes);
     let data = parse_hex("--data", data_hex).map_err(usage)?;
-    let write = cdb[0] == pr_scsi::PERSISTENT_RESERVE_OUT;
-    let reply = execute(cli, device, write, &cdb, &data)?;
-    let out = json!({
-        "status": reply.status.0,
-        "sense": hex(&reply.sense),
-        "data": hex(&reply.data),
-    });
-    Ok(Outcome {
-        stdout: format!("{out}\n"),
-        ..Outcome::default()
-    })
+    Ok(Operation::Raw { cdb, data })
+}
+
+impl Command {
+    /// The device and the operation, for the commands that talk to a device.
+    pub fn operation(&self) -> Result<Option<(&Path, Operation)>, Failure> {
+        let rd = |read, a: &'_ ReadArgs| Operation::Read {
+            read,
+            maxlen: a.maxlen,
+        };
+        Ok(Some(match self {
+            Command::Keys(a) => (a.device.as_path(), rd(Read::Keys, a)),
+            Command::Reservation(a) => (a.device.as_path(), rd(Read::Reservation, a)),
+            Command::Capabilities(a) => (a.device.as_path(), rd(Read::Capabilities, a)),
+            Command::Status(a) => (a.device.as_path(), rd(Read::Status, a)),
+            Command::Register {
+                device,
+                key,
+                new_key,
+                ignore_existing,
+                aptpl,
+                all_target_ports,
+            } => (
+                device.as_path(),
+                Operation::Write(Write::Register {
+                    key: *key,
+                    new_key: *new_key,
+                    ignore_existing: *ignore_existing,
+                    aptpl: *aptpl,
+                    all_target_ports: *all_target_ports,
+                }),
+            ),
+            Command::Reserve(KeyType { device, key, rtype }) => (
+                device.as_path(),
+                Operation::Write(Write::Reserve {
+                    key: *key,
+                    rtype: *rtype,
+                }),
+            ),
+            Command::Release(KeyType { device, key, rtype }) => (
+                device.as_path(),
+                Operation::Write(Write::Release {
+                    key: *key,
+                    rtype: *rtype,
+                }),
+            ),
+            Command::Clear { device, key } => (
+                device.as_path(),
+                Operation::Write(Write::Clear { key: *key }),
+            ),
+            Command::Preempt(a) => (a.device.as_path(), Operation::Write(preempt(a, false))),
+            Command::PreemptAbort(a) => (a.device.as_path(), Operation::Write(preempt(a, true))),
+            Command::RegisterMove {
+                device,
+                key,
+                new_key,
+                rtype,
+                transport_id,
+                relative_target_port,
+                unregister,
+                aptpl,
+            } => (
+                device.as_path(),
+                Operation::Write(Write::RegisterAndMove {
+                    key: *key,
+                    new_key: *new_key,
+                    rtype: *rtype,
+                    unregister: *unregister,
+                    aptpl: *aptpl,
+                    relative_target_port: *relative_target_port,
+                    transport_id: transport_id.clone(),
+                }),
+            ),
+            Command::Raw { device, cdb, data } => (device.as_path(), raw_operation(cdb, data)?),
+            Command::Completions { .. } | Command::Man => return Ok(None),
+        }))
+    }
 }
 
 fn preempt(a: &PreemptArgs, abort: bool) -> Write {
@@ -167,77 +271,16 @@ fn preempt(a: &PreemptArgs, abort: bool) -> Write {
 
 /// Runs one parsed command line.
 pub fn run(cli: &Cli) -> Outcome {
-    let result = match &cli.command {
-        Command::Keys(a) => read(cli, Read::Keys, a),
-        Command::Reservation(a) => read(cli, Read::Reservation, a),
-        Command::Capabilities(a) => read(cli, Read::Capabilities, a),
-        Command::Status(a) => read(cli, Read::Status, a),
-        Command::Register {
-            device,
-            key,
-            new_key,
-            ignore_existing,
-            aptpl,
-            all_target_ports,
-        } => write(
-            cli,
-            device,
-            Write::Register {
-                key: *key,
-                new_key: *new_key,
-                ignore_existing: *ignore_existing,
-                aptpl: *aptpl,
-                all_target_ports: *all_target_ports,
+    let result = match cli.command.operation() {
+        Err(f) => Err(f),
+        Ok(Some((device, Operation::Read { read: r, maxlen }))) => read(cli, r, device, maxlen),
+        Ok(Some((device, Operation::Write(w)))) => write(cli, device, w),
+        Ok(Some((device, Operation::Raw { cdb, data }))) => raw(cli, device, &cdb, &data),
+        Ok(None) => Ok(Outcome {
+            stdout: match &cli.command {
+                Command::Completions { shell } => completions(*shell),
+                _ => man_page(),
             },
-        ),
-        Command::Reserve(KeyType { device, key, rtype }) => write(
-            cli,
-            device,
-            Write::Reserve {
-                key: *key,
-                rtype: *rtype,
-            },
-        ),
-        Command::Release(KeyType { device, key, rtype }) => write(
-            cli,
-            device,
-            Write::Release {
-                key: *key,
-                rtype: *rtype,
-            },
-        ),
-        Command::Clear { device, key } => write(cli, device, Write::Clear { key: *key }),
-        Command::Preempt(a) => write(cli, &a.device, preempt(a, false)),
-        Command::PreemptAbort(a) => write(cli, &a.device, preempt(a, true)),
-        Command::RegisterMove {
-            device,
-            key,
-            new_key,
-            rtype,
-            transport_id,
-            relative_target_port,
-            unregister,
-            aptpl,
-        } => write(
-            cli,
-            device,
-            Write::RegisterAndMove {
-                key: *key,
-                new_key: *new_key,
-                rtype: *rtype,
-                unregister: *unregister,
-                aptpl: *aptpl,
-                relative_target_port: *relative_target_port,
-                transport_id: transport_id.clone(),
-            },
-        ),
-        Command::Raw { device, cdb, data } => raw(cli, device, cdb, data),
-        Command::Completions { shell } => Ok(Outcome {
-            stdout: completions(*shell),
-            ..Outcome::default()
-        }),
-        Command::Man => Ok(Outcome {
-            stdout: man_page(),
             ..Outcome::default()
         }),
     };

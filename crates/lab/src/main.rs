@@ -1,0 +1,121 @@
+//! pr-lab: runs lab scenario files (lab/scenarios/*.scn) inside the lab guest, where LIO
+//! provides real persistent-reservation devices, and prints one PASS/FAIL line per scenario.
+//! `pr-lab check` only parses the files (the host's tests run it).
+#![forbid(unsafe_code)]
+
+mod helpers;
+mod lio;
+mod run;
+mod scenario;
+mod sgp;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "pr-lab",
+    about = "Run the VM lab's scenario files (inside the lab guest)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Parse scenario files and report errors, without running anything.
+    Check {
+        #[arg(required = true, value_name = "SCENARIO")]
+        files: Vec<PathBuf>,
+    },
+    /// Run scenario files against LIO (needs root, configfs, target_core_file and tcm_loop).
+    Run {
+        /// Directory holding pr-helper and pr-ctl.
+        #[arg(long, value_name = "DIR")]
+        bin_dir: PathBuf,
+        /// QEMU's C helper, for differential scenarios.
+        #[arg(long, default_value = "/usr/bin/qemu-pr-helper", value_name = "PATH")]
+        c_helper: PathBuf,
+        /// Print every step's result, not only those of failing scenarios.
+        #[arg(short, long)]
+        verbose: bool,
+        #[arg(required = true, value_name = "SCENARIO")]
+        files: Vec<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Cmd::Check { files } => {
+            let mut bad = 0;
+            for f in &files {
+                match scenario::load(f) {
+                    Ok(sc) => println!("ok {} ({} steps)", sc.name, sc.steps.len()),
+                    Err(e) => {
+                        bad += 1;
+                        eprintln!("{e}");
+                    }
+                }
+            }
+            if bad == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Cmd::Run {
+            bin_dir,
+            c_helper,
+            verbose,
+            files,
+        } => {
+            let bins = helpers::Binaries {
+                ours: bin_dir.join("pr-helper"),
+                pr_ctl: bin_dir.join("pr-ctl"),
+                c_helper,
+            };
+            let (mut pass, mut fail) = (0, 0);
+            for (index, f) in files.iter().enumerate() {
+                let t0 = Instant::now();
+                let sc = match scenario::load(f) {
+                    Ok(sc) => sc,
+                    Err(e) => {
+                        fail += 1;
+                        println!("FAIL {}: {e}", f.display());
+                        continue;
+                    }
+                };
+                match run::run(&sc, index + 1, &bins) {
+                    Ok(log) => {
+                        pass += 1;
+                        println!(
+                            "PASS {} ({} steps, {:.1} s)",
+                            sc.name,
+                            sc.steps.len(),
+                            t0.elapsed().as_secs_f64()
+                        );
+                        if verbose {
+                            log.iter().for_each(|l| println!("  | {l}"));
+                        }
+                    }
+                    Err((log, e)) => {
+                        fail += 1;
+                        println!("FAIL {}: {e}", sc.name);
+                        log.iter().for_each(|l| println!("  | {l}"));
+                    }
+                }
+            }
+            println!("LAB-SCENARIOS {pass} {fail}");
+            if fail == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}

@@ -1,0 +1,461 @@
+//! Running a scenario: LIO set up for it, the helpers it needs, each step on every path, the
+//! paths compared, the expectations checked.
+
+use std::fs::OpenOptions;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use pr_client::Client;
+use pr_ctl::Operation;
+use pr_scsi::prin::{ReadKeys, ReadReservation};
+use pr_scsi::{Sense, Status};
+
+use crate::helpers::{Binaries, Helper};
+use crate::lio::Lio;
+use crate::scenario::{Action, Expect, HelperKind, Mode, Scenario, State};
+use crate::sgp;
+
+/// One reply, whichever way it came.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    pub status: u8,
+    /// Sense bytes with trailing zeros removed (helpers pad to 96 bytes, sg_raw shows the
+    /// device's length).
+    pub sense: Vec<u8>,
+    pub data: Vec<u8>,
+}
+
+impl Answer {
+    fn describe(&self) -> String {
+        let status = Status(self.status);
+        let mut s = status
+            .name()
+            .map_or(format!("status {:#04x}", self.status), str::to_string);
+        if let Some(sense) = Sense::parse(&self.sense) {
+            s.push_str(&format!(
+                " {:02x}/{:02x}/{:02x}",
+                sense.code.key.0, sense.code.asc, sense.code.ascq
+            ));
+        }
+        if !self.data.is_empty() {
+            s.push_str(&format!(" data {}", pr_ctl::values::hex(&self.data)));
+        }
+        s
+    }
+}
+
+fn trim_sense(s: &[u8]) -> Vec<u8> {
+    let end = s.iter().rposition(|b| *b != 0).map_or(0, |p| p + 1);
+    s[..end].to_vec()
+}
+
+/// A way to send a command to an LU.
+enum Way {
+    Helper {
+        socket: PathBuf,
+        client: Option<Client>,
+    },
+    Direct,
+}
+
+impl Way {
+    fn name(&self) -> &'static str {
+        match self {
+            Way::Helper { .. } => "helper",
+            Way::Direct => "sg_raw",
+        }
+    }
+}
+
+fn via_helper(
+    socket: &Path,
+    client: &mut Option<Client>,
+    device: &Path,
+    op: &Operation,
+) -> Result<Answer, String> {
+    let (cdb, params) = op.request();
+    let dev = OpenOptions::new()
+        .read(true)
+        .write(op.writes())
+        .open(device)
+        .map_err(|e| format!("open {}: {e}", device.display()))?;
+    if client.is_none() {
+        *client = Some(
+            Client::connect_with_timeout(socket, Some(Duration::from_secs(60)))
+                .map_err(|e| e.to_string())?,
+        );
+    }
+    let c = client.as_mut().expect("connected above");
+    let reply = c.execute(dev.as_fd(), &cdb, &params).map_err(|e| {
+        *client = None;
+        e.to_string()
+    })?;
+    Ok(Answer {
+        status: reply.status.0,
+        sense: trim_sense(&reply.sense),
+        data: reply.data,
+    })
+}
+
+/// The same command straight on the device with sg3_utils' sg_raw: the independent reference.
+fn via_sg_raw(device: &Path, op: &Operation) -> Result<Answer, String> {
+    let (cdb, params) = op.request();
+    let out_file = Path::new("/run/lab/sg_raw.out");
+    let in_file = Path::new("/run/lab/sg_raw.in");
+    let _ = std::fs::remove_file(out_file);
+    let mut cmd = Command::new("sg_raw");
+    cmd.args(["-vv", "-t", "60"]);
+    if op.writes() {
+        std::fs::write(in_file, &params).map_err(|e| e.to_string())?;
+        cmd.arg("-s")
+            .arg(params.len().to_string())
+            .arg("-i")
+            .arg(in_file);
+    } else {
+        let alloc = u16::from_be_bytes([cdb[7], cdb[8]]);
+        cmd.arg("-r").arg(alloc.to_string()).arg("-o").arg(out_file);
+    }
+    cmd.arg(device);
+    for b in &cdb[..10] {
+        cmd.arg(format!("{b:02x}"));
+    }
+    let out = cmd.output().map_err(|e| format!("sg_raw: {e}"))?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status_line = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("SCSI Status: "))
+        .ok_or_else(|| format!("sg_raw printed no SCSI status:\n{text}"))?;
+    let status = match status_line.trim().to_ascii_lowercase().as_str() {
+        "good" => Status::GOOD,
+        "check condition" => Status::CHECK_CONDITION,
+        "condition met" => Status::CONDITION_MET,
+        "busy" => Status::BUSY,
+        "reservation conflict" => Status::RESERVATION_CONFLICT,
+        "task set full" => Status::TASK_SET_FULL,
+        "aca active" => Status::ACA_ACTIVE,
+        "task aborted" => Status::TASK_ABORTED,
+        other => return Err(format!("sg_raw status '{other}' not understood:\n{text}")),
+    };
+    let mut sense = Vec::new();
+    let mut in_sense = false;
+    for l in text.lines() {
+        if l.contains("Raw sense data (in hex)") {
+            in_sense = true;
+            continue;
+        }
+        if in_sense {
+            let bytes: Vec<u8> = l
+                .split_whitespace()
+                .map_while(|w| {
+                    (w.len() == 2)
+                        .then(|| u8::from_str_radix(w, 16).ok())
+                        .flatten()
+                })
+                .collect();
+            if bytes.is_empty() {
+                break;
+            }
+            sense.extend(bytes);
+        }
+    }
+    let data = if status == Status::GOOD && !op.writes() {
+        std::fs::read(out_file).unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    Ok(Answer {
+        status: status.0,
+        sense: trim_sense(&sense),
+        data,
+    })
+}
+
+fn check_expect(expect: &Expect, a: &Answer) -> Result<(), String> {
+    let ok = match expect {
+        Expect::Any => true,
+        Expect::Good => a.status == Status::GOOD.0,
+        Expect::Conflict => a.status == Status::RESERVATION_CONFLICT.0,
+        Expect::Check(None) => a.status == Status::CHECK_CONDITION.0,
+        Expect::Check(Some((k, asc, ascq))) => {
+            a.status == Status::CHECK_CONDITION.0
+                && Sense::parse(&a.sense)
+                    .is_some_and(|s| (s.code.key.0, s.code.asc, s.code.ascq) == (*k, *asc, *ascq))
+        }
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("expected {expect:?}, got {}", a.describe()))
+    }
+}
+
+fn check_state(state: &State, op: &Operation, a: &Answer) -> Result<(), String> {
+    let sa = op.request().0[1] & 0x1f;
+    match state {
+        State::Keys(want) => {
+            if sa != 0 {
+                return Err("a keys check needs a keys read".into());
+            }
+            let got = ReadKeys::decode(&a.data).map_err(|e| e.to_string())?.keys;
+            if &got != want {
+                return Err(format!("keys are {got:?}, expected {want:?}"));
+            }
+        }
+        State::NoReservation | State::Holder(..) => {
+            if sa != 1 {
+                return Err("a reservation check needs a reservation read".into());
+            }
+            let r = ReadReservation::decode(&a.data)
+                .map_err(|e| e.to_string())?
+                .reservation;
+            let got = r.map(|d| (d.key, d.type_code));
+            let want = match state {
+                State::Holder(k, t) => Some((*k, t.code())),
+                _ => None,
+            };
+            if got != want {
+                return Err(format!("reservation is {got:?}, expected {want:?}"));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn io(device: &Path, write: bool) -> Result<bool, String> {
+    let mut cmd = Command::new("dd");
+    if write {
+        cmd.args(["if=/dev/zero", "oflag=direct"])
+            .arg(format!("of={}", device.display()));
+    } else {
+        cmd.args(["of=/dev/null", "iflag=direct"])
+            .arg(format!("if={}", device.display()));
+    }
+    let st = cmd
+        .args(["bs=512", "count=1", "status=none"])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .map_err(|e| format!("dd: {e}"))?;
+    Ok(st.success())
+}
+
+/// Runs a scenario. Returns the transcript; Err carries the transcript and the failure.
+pub fn run(
+    sc: &Scenario,
+    index: usize,
+    bins: &Binaries,
+) -> Result<Vec<String>, (Vec<String>, String)> {
+    let mut log = Vec::new();
+    match run_inner(sc, index, bins, &mut log) {
+        Ok(()) => Ok(log),
+        Err(e) => Err((log, e)),
+    }
+}
+
+fn run_inner(
+    sc: &Scenario,
+    index: usize,
+    bins: &Binaries,
+    log: &mut Vec<String>,
+) -> Result<(), String> {
+    let lio = Lio::setup(&sc.name, index, sc.lus, sc.initiators)?;
+    let mut helpers = Vec::new();
+    // paths[k] = (how, which LU)
+    let mut paths: Vec<(Way, usize)> = Vec::new();
+    let first = match sc.mode {
+        Mode::Single => sc.helper,
+        _ => HelperKind::Ours,
+    };
+    helpers.push(Helper::start(first, bins, &sc.name)?);
+    paths.push((
+        Way::Helper {
+            socket: helpers[0].socket.clone(),
+            client: None,
+        },
+        0,
+    ));
+    match sc.mode {
+        Mode::Single => {}
+        Mode::Parity => paths.push((Way::Direct, 1)),
+        Mode::Differential => {
+            helpers.push(Helper::start(HelperKind::C, bins, &sc.name)?);
+            paths.push((
+                Way::Helper {
+                    socket: helpers[1].socket.clone(),
+                    client: None,
+                },
+                1,
+            ));
+        }
+    }
+    for step in &sc.steps {
+        let at = |e: String| format!("line {} `{}`: {e}", step.line, step.text);
+        let t0 = Instant::now();
+        match &step.action {
+            Action::Command {
+                initiator,
+                operation,
+                expect,
+                state,
+            } => {
+                let mut answers = Vec::new();
+                for (path, lu) in paths.iter_mut() {
+                    let dev = &lio.devices[*initiator][*lu];
+                    let a = match path {
+                        Way::Helper { socket, client } => {
+                            via_helper(socket, client, dev, operation)
+                        }
+                        Way::Direct => via_sg_raw(dev, operation),
+                    }
+                    .map_err(|e| at(format!("{} on {}: {e}", path.name(), dev.display())))?;
+                    answers.push(a);
+                }
+                log.push(format!(
+                    "{:<60} {} ({} ms)",
+                    step.text,
+                    answers[0].describe(),
+                    t0.elapsed().as_millis()
+                ));
+                if let Some(other) = answers.get(1) {
+                    if other != &answers[0] {
+                        return Err(at(format!(
+                            "the paths differ: {} gave {}, {} gave {}",
+                            paths[0].0.name(),
+                            answers[0].describe(),
+                            paths[1].0.name(),
+                            other.describe()
+                        )));
+                    }
+                }
+                check_expect(expect, &answers[0]).map_err(at)?;
+                if let Some(s) = state {
+                    check_state(s, operation, &answers[0]).map_err(at)?;
+                }
+            }
+            Action::SgPersist { initiator, read } => {
+                let dev = &lio.devices[*initiator][0];
+                let flag = match read.as_str() {
+                    "keys" => "-k",
+                    "reservation" => "-r",
+                    "capabilities" => "-c",
+                    _ => "-s",
+                };
+                let sg = Command::new("sg_persist")
+                    .args(["-n", "--in", flag])
+                    .arg(dev)
+                    .output()
+                    .map_err(|e| at(format!("sg_persist: {e}")))?;
+                let sg_text = String::from_utf8_lossy(&sg.stdout).into_owned();
+                if !sg.status.success() {
+                    return Err(at(format!(
+                        "sg_persist failed: {sg_text}{}",
+                        String::from_utf8_lossy(&sg.stderr)
+                    )));
+                }
+                let ctl = Command::new(&bins.pr_ctl)
+                    .arg("--socket")
+                    .arg(&helpers[0].socket)
+                    .args(["--json", read.as_str()])
+                    .arg(dev)
+                    .output()
+                    .map_err(|e| at(format!("pr-ctl: {e}")))?;
+                if !ctl.status.success() {
+                    return Err(at(format!(
+                        "pr-ctl failed: {}",
+                        String::from_utf8_lossy(&ctl.stderr)
+                    )));
+                }
+                let ours: serde_json::Value = serde_json::from_slice(&ctl.stdout)
+                    .map_err(|e| at(format!("pr-ctl printed invalid JSON: {e}")))?;
+                let ours = sgp::project(read, &ours);
+                let theirs = sgp::decode(read, &sg_text).map_err(at)?;
+                log.push(format!("{:<60} {ours}", step.text));
+                if ours != theirs {
+                    return Err(at(format!(
+                        "pr-ctl and sg_persist disagree:\n  pr-ctl:     {ours}\n  sg_persist: {theirs}\n  \
+                         sg_persist said:\n{sg_text}"
+                    )));
+                }
+            }
+            Action::Io {
+                initiator,
+                write,
+                expect,
+            } => {
+                let mut results = Vec::new();
+                for (_, lu) in &paths {
+                    results.push(io(&lio.devices[*initiator][*lu], *write).map_err(at)?);
+                }
+                log.push(format!(
+                    "{:<60} {}",
+                    step.text,
+                    if results[0] { "succeeded" } else { "failed" }
+                ));
+                if results.iter().any(|r| *r != results[0]) {
+                    return Err(at(format!("the LUs differ: {results:?}")));
+                }
+                let want = match expect {
+                    Expect::Good => true,
+                    Expect::Conflict => false,
+                    other => {
+                        return Err(at(format!(
+                            "I/O steps expect good or conflict, not {other:?}"
+                        )))
+                    }
+                };
+                if results[0] != want {
+                    return Err(at(format!(
+                        "the {} {}",
+                        if *write { "write" } else { "read" },
+                        if results[0] { "succeeded" } else { "failed" }
+                    )));
+                }
+            }
+            Action::RestartHelper => {
+                for h in helpers.iter_mut() {
+                    h.restart().map_err(at)?;
+                }
+                log.push(format!("{:<60} restarted", step.text));
+            }
+            Action::Sleep(s) => std::thread::sleep(Duration::from_secs_f64(*s)),
+            Action::CheckPrivileges => {
+                let h = helpers
+                    .iter()
+                    .find(|h| h.kind == HelperKind::Ours)
+                    .ok_or_else(|| at("our helper is not running in this scenario".into()))?;
+                let st = h.proc_status();
+                let field = |name: &str| {
+                    st.lines()
+                        .find_map(|l| l.strip_prefix(name))
+                        .map(|v| v.split_whitespace().collect::<Vec<_>>().join(" "))
+                        .unwrap_or_default()
+                };
+                let got = format!(
+                    "Uid {} Gid {} CapEff {} CapPrm {} CapBnd {} NoNewPrivs {} Seccomp {}",
+                    field("Uid:"),
+                    field("Gid:"),
+                    field("CapEff:"),
+                    field("CapPrm:"),
+                    field("CapBnd:"),
+                    field("NoNewPrivs:"),
+                    field("Seccomp:")
+                );
+                log.push(format!("{:<60} {got}", step.text));
+                let want = "Uid 65534 65534 65534 65534 Gid 65534 65534 65534 65534 \
+                            CapEff 0000000000020000 CapPrm 0000000000020000 \
+                            CapBnd 0000000000000000 NoNewPrivs 1 Seccomp 2";
+                if got != want {
+                    return Err(at(format!("privileges are {got}, expected {want}")));
+                }
+            }
+        }
+    }
+    drop(helpers);
+    drop(lio);
+    Ok(())
+}

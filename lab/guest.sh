@@ -1,0 +1,15 @@
+#!/bin/bash
+# Runs inside the lab guest (a chroot of the host's root, read-only, with tmpfs on /run and
+# /tmp): the scenario files under lab/scenarios through pr-lab, then the nested-QEMU scenario.
+# Prints PASS/FAIL lines and a closing "LAB-RESULT <passed> <failed>" for lab/run.
+set -u
+TOP=$(cd "$(dirname "$0")/.." && pwd)
+BIN=$TOP/target/release
+mountpoint -q /sys/kernel/config || mount -t configfs configfs /sys/kernel/config
+pass=0; fail=0
+out=/run/lab-scenarios.out
+$BIN/pr-lab run --bin-dir "$BIN" ${LAB_VERBOSE:+-v} ${LAB_SCENARIOS:-$TOP/lab/scenarios/*.scn} 2>&1 | tee $out
+pass=$((pass + $(grep -c '^PASS ' $out))); fail=$((fail + $(grep -c '^FAIL ' $out)))
+grep -q '^LAB-SCENARIOS ' $out || { echo "FAIL pr-lab did not finish"; fail=$((fail+1)); }
+[ $fail = 0 ] || dmesg | grep -iE "SPC-3|target_core|tcm_loop|aptpl|reservation|blocked|Call Trace" | tail -40 | sed 's/^/lab-dmesg: /'
+echo "LAB-RESULT $pass $fail"

@@ -11,5 +11,8 @@ out=/run/lab-scenarios.out
 $BIN/pr-lab run --bin-dir "$BIN" ${LAB_VERBOSE:+-v} ${LAB_SCENARIOS:-$TOP/lab/scenarios/*.scn} 2>&1 | tee $out
 pass=$((pass + $(grep -c '^PASS ' $out))); fail=$((fail + $(grep -c '^FAIL ' $out)))
 grep -q '^LAB-SCENARIOS ' $out || { echo "FAIL pr-lab did not finish"; fail=$((fail+1)); }
+# The nested-QEMU client scenario.
+bash $TOP/lab/nested.sh 2>&1 | tee /run/lab-nested.out
+pass=$((pass + $(grep -c '^PASS ' /run/lab-nested.out))); fail=$((fail + $(grep -c '^FAIL ' /run/lab-nested.out)))
 [ $fail = 0 ] || dmesg | grep -iE "SPC-3|target_core|tcm_loop|aptpl|reservation|blocked|Call Trace" | tail -40 | sed 's/^/lab-dmesg: /'
 echo "LAB-RESULT $pass $fail"

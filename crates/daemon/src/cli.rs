@@ -249,6 +249,28 @@ impl TryFrom<Cli> for Config {
 mod tests {
     use super::*;
 
+    /// The man page is generated from this definition; the committed copy must match.
+    /// `PR_UPDATE_MAN=1 cargo test -p pr-helper man_page` rewrites it.
+    #[test]
+    fn man_page_is_current() {
+        use clap::CommandFactory;
+        let mut out = Vec::new();
+        clap_mangen::Man::new(Cli::command())
+            .section("8")
+            .render(&mut out)
+            .unwrap();
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/man/pr-helper.8");
+        if std::env::var_os("PR_UPDATE_MAN").is_some() {
+            std::fs::write(&path, &out).unwrap();
+        }
+        let committed = std::fs::read(&path).unwrap_or_default();
+        assert!(
+            committed == out,
+            "docs/man/pr-helper.8 is stale: PR_UPDATE_MAN=1 cargo test -p pr-helper man_page"
+        );
+    }
+
     fn parse(args: &[&str]) -> Result<Config, ConfigError> {
         let mut v = vec!["pr-helper"];
         v.extend_from_slice(args);

@@ -445,6 +445,15 @@ pub fn load_results(dir: &Path) -> Result<CompareResults, String> {
     let text = fs::read_to_string(&p).map_err(|e| format!("{}: {e}", p.display()))?;
     let mut r: CompareResults =
         serde_json::from_str(&text).map_err(|e| format!("{}: {e}", p.display()))?;
+    // A device given by path (an LIO disk in the VM lab) is named after its results directory
+    // in the report, and reproduced with the lab's wrapper, which runs the recorded command in
+    // the guest.
+    if r.fd_kind.starts_with('/') {
+        if let Some(name) = dir.file_name() {
+            r.fd_kind = name.to_string_lossy().into_owned();
+            r.command = format!("lab/bench    # in the VM lab guest: {}", r.command);
+        }
+    }
     r.summarise();
     Ok(r)
 }

@@ -8,7 +8,9 @@ BIN=$TOP/target/release
 mountpoint -q /sys/kernel/config || mount -t configfs configfs /sys/kernel/config
 pass=0; fail=0
 out=/run/lab-scenarios.out
-$BIN/pr-lab run --bin-dir "$BIN" ${LAB_VERBOSE:+-v} ${LAB_SCENARIOS:-$TOP/lab/scenarios/*.scn} 2>&1 | tee $out
+# LAB_VERBOSE=1 lab/run prints every step's result (passed on the kernel command line).
+verbose=; grep -q 'labverbose=1' /proc/cmdline && verbose=-v
+$BIN/pr-lab run --bin-dir "$BIN" $verbose $TOP/lab/scenarios/*.scn 2>&1 | tee $out
 pass=$((pass + $(grep -c '^PASS ' $out))); fail=$((fail + $(grep -c '^FAIL ' $out)))
 grep -q '^LAB-SCENARIOS ' $out || { echo "FAIL pr-lab did not finish"; fail=$((fail+1)); }
 # The nested-QEMU client scenario.

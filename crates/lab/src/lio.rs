@@ -5,7 +5,11 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-const CONFIGFS: &str = "/sys/kernel/config/target";
+use crate::scenario::Fabric;
+
+mod iscsi;
+
+pub(crate) const CONFIGFS: &str = "/sys/kernel/config/target";
 const LU_SIZE: u64 = 8 << 20;
 
 /// A configured set of LUs and initiators.
@@ -24,12 +28,12 @@ pub struct Lio {
     images: Vec<PathBuf>,
 }
 
-fn write(path: impl AsRef<Path>, value: &str) -> Result<(), String> {
+pub(crate) fn write(path: impl AsRef<Path>, value: &str) -> Result<(), String> {
     let p = path.as_ref();
     fs::write(p, value).map_err(|e| format!("write '{value}' to {}: {e}", p.display()))
 }
 
-fn mkdir(path: impl AsRef<Path>) -> Result<(), String> {
+pub(crate) fn mkdir(path: impl AsRef<Path>) -> Result<(), String> {
     let p = path.as_ref();
     fs::create_dir_all(p).map_err(|e| format!("mkdir {}: {e}", p.display()))
 }
@@ -48,7 +52,13 @@ fn target_wwn(index: usize, i: usize) -> String {
 impl Lio {
     /// Creates `lus` fileio LUs (fresh files, so no reservation state) and `initiators`
     /// loopback nexuses that each see every LU, and waits for the disks.
-    pub fn setup(tag: &str, index: usize, lus: usize, initiators: usize) -> Result<Lio, String> {
+    pub fn setup(
+        tag: &str,
+        index: usize,
+        lus: usize,
+        initiators: usize,
+        fabric: Fabric,
+    ) -> Result<Lio, String> {
         let cfg = Path::new(CONFIGFS);
         if !cfg.exists() {
             return Err(format!(
@@ -80,23 +90,28 @@ impl Lio {
             write(dir.join("enable"), "1")?;
             lio.images.push(img);
         }
-        for i in 0..initiators {
-            // The nexus first: linking a LUN makes tcm_loop add its SCSI device, which needs
-            // the nexus to exist.
-            let tpg = cfg
-                .join("loopback")
-                .join(target_wwn(index, i))
-                .join("tpgt_1");
-            mkdir(tpg.join("lun"))?;
-            write(tpg.join("nexus"), &initiator_wwn(i))?;
-            for l in 0..lus {
-                let lun = tpg.join(format!("lun/lun_{l}"));
-                mkdir(&lun)?;
-                std::os::unix::fs::symlink(lio.backstore(l), lun.join("lu"))
-                    .map_err(|e| format!("link LU {l} into {}: {e}", lun.display()))?;
+        match fabric {
+            Fabric::Loopback => {
+                for i in 0..initiators {
+                    // The nexus first: linking a LUN makes tcm_loop add its SCSI device, which needs
+                    // the nexus to exist.
+                    let tpg = cfg
+                        .join("loopback")
+                        .join(target_wwn(index, i))
+                        .join("tpgt_1");
+                    mkdir(tpg.join("lun"))?;
+                    write(tpg.join("nexus"), &initiator_wwn(i))?;
+                    for l in 0..lus {
+                        let lun = tpg.join(format!("lun/lun_{l}"));
+                        mkdir(&lun)?;
+                        std::os::unix::fs::symlink(lio.backstore(l), lun.join("lu"))
+                            .map_err(|e| format!("link LU {l} into {}: {e}", lun.display()))?;
+                    }
+                }
+                lio.devices = lio.find_disks()?;
             }
+            Fabric::Iscsi => lio.devices = iscsi::setup(&lio, index)?,
         }
-        lio.devices = lio.find_disks()?;
         // Adding LUNs raises unit attentions (REPORTED LUNS DATA HAS CHANGED…) on nexuses
         // that already see other LUNs; consume them so that scenarios start quiet.
         for dev in lio.devices.iter().flatten() {
@@ -115,7 +130,7 @@ impl Lio {
         Ok(lio)
     }
 
-    fn backstore(&self, l: usize) -> PathBuf {
+    pub(crate) fn backstore(&self, l: usize) -> PathBuf {
         Path::new(CONFIGFS).join(format!("core/fileio_{l}/{}", self.tag))
     }
 

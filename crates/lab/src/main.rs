@@ -105,7 +105,11 @@ fn main() -> ExitCode {
                     }
                     Err((log, e)) => {
                         fail += 1;
-                        println!("FAIL {}: {e}", sc.name);
+                        // One FAIL line; the detail follows as continuation lines, which
+                        // lab/run also shows.
+                        let mut lines = e.lines();
+                        println!("FAIL {}: {}", sc.name, lines.next().unwrap_or(""));
+                        lines.for_each(|l| println!("  | {l}"));
                         log.iter().for_each(|l| println!("  | {l}"));
                     }
                 }

@@ -263,7 +263,7 @@ fn run_inner(
     bins: &Binaries,
     log: &mut Vec<String>,
 ) -> Result<(), String> {
-    let lio = Lio::setup(&sc.name, index, sc.lus, sc.initiators)?;
+    let lio = Lio::setup(&sc.name, index, sc.lus, sc.initiators, sc.fabric)?;
     let mut helpers = Vec::new();
     // paths[k] = (how, which LU)
     let mut paths: Vec<(Way, usize)> = Vec::new();

@@ -6,6 +6,7 @@
 //! lus 2                   # logical units (1-4)
 //! mode parity             # single | parity | differential
 //! helper ours             # single mode only: ours | c
+//! fabric loopback         # loopback (tcm_loop) | iscsi (open-iscsi over 127.0.0.1)
 //!
 //! I1 register -n 0x1111                  => good
 //! I2 reserve -k 0x2222 -t ea             => conflict
@@ -36,6 +37,16 @@ pub enum Mode {
     Parity,
     /// Through our helper on LU 0 and QEMU's C helper on LU 1; replies compared byte for byte.
     Differential,
+}
+
+/// How the initiators reach the LUs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fabric {
+    /// tcm_loop: one loopback target per initiator (SAS transport IDs).
+    Loopback,
+    /// iSCSI over 127.0.0.1 with open-iscsi: one target, one session per initiator (iSCSI
+    /// transport IDs). Needed for PREEMPT AND ABORT, which deadlocks LIO over tcm_loop.
+    Iscsi,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,6 +114,7 @@ pub struct Scenario {
     pub lus: usize,
     pub mode: Mode,
     pub helper: HelperKind,
+    pub fabric: Fabric,
     pub steps: Vec<Step>,
 }
 
@@ -180,6 +192,7 @@ pub fn parse(name: &str, text: &str, dir: Option<&Path>) -> Result<Scenario, Str
         lus: 1,
         mode: Mode::Single,
         helper: HelperKind::Ours,
+        fabric: Fabric::Loopback,
         steps: Vec::new(),
     };
     parse_into(&mut sc, name, text, dir, 0)?;
@@ -233,6 +246,14 @@ fn parse_into(
                     Some(&"parity") => Mode::Parity,
                     Some(&"differential") => Mode::Differential,
                     _ => return Err(at("expected mode single, parity or differential".into())),
+                };
+                continue;
+            }
+            "fabric" => {
+                sc.fabric = match words.get(1) {
+                    Some(&"loopback") => Fabric::Loopback,
+                    Some(&"iscsi") => Fabric::Iscsi,
+                    _ => return Err(at("expected fabric loopback or iscsi".into())),
                 };
                 continue;
             }

@@ -137,6 +137,17 @@ pub fn decode(read: &str, text: &str) -> Result<Value, String> {
                     m.insert("type".into(), json!(type_from_words(ty)));
                 } else if let Some(a) = t.strip_prefix("SAS address: ") {
                     m.insert("transport_id".into(), json!(format!("SAS address {a}")));
+                } else if let Some(v) = t.strip_prefix("iSCSI world wide unique port id: ") {
+                    let id = match v.split_once(",i,0x") {
+                        Some((name, isid)) => format!("iSCSI name {name}, ISID 0x{isid}"),
+                        None => format!("iSCSI name {v}"),
+                    };
+                    m.insert("transport_id".into(), json!(id));
+                } else if let Some(v) = t
+                    .strip_prefix("iSCSI world wide unique device name: ")
+                    .or_else(|| t.strip_prefix("iSCSI name: "))
+                {
+                    m.insert("transport_id".into(), json!(format!("iSCSI name {v}")));
                 }
             }
             Ok(json!({ "generation": g, "registrations": regs }))
@@ -233,6 +244,19 @@ mod tests {
                 "key": "0x2222", "holder": true, "type": "write-exclusive-registrants-only",
                 "all_target_ports": false, "relative_target_port": 2,
                 "transport_id": "SAS address 0x5001405000000b02"}]})
+        );
+    }
+
+    #[test]
+    fn decodes_iscsi_transport_ids() {
+        let status = "  PR generation=0x6\n    Key=0x6a0002\n      All target ports bit clear\n      \
+                      Relative port address: 0x1\n      not reservation holder\n      \
+                      Transport Id of initiator:\n        \
+                      iSCSI world wide unique port id: iqn.2026-11.org.pr-helper.lab:i2,i,0x00023d000002\n";
+        let v = decode("status", status).unwrap();
+        assert_eq!(
+            v["registrations"][0]["transport_id"],
+            "iSCSI name iqn.2026-11.org.pr-helper.lab:i2, ISID 0x00023d000002"
         );
     }
 

@@ -116,7 +116,7 @@ impl Lio {
         // that already see other LUNs; consume them so that scenarios start quiet.
         for dev in lio.devices.iter().flatten() {
             let quiet = (0..10).any(|_| {
-                std::process::Command::new("sg_turs")
+                crate::bounded("sg_turs")
                     .arg(dev)
                     .stdout(std::process::Stdio::null())
                     .stderr(std::process::Stdio::null())

@@ -4,6 +4,14 @@
 #![forbid(unsafe_code)]
 
 mod helpers;
+
+/// A command that is killed if it runs longer than a minute: a device that hangs fails its
+/// step instead of stalling the whole lab until the outer timeout.
+pub(crate) fn bounded(program: &str) -> std::process::Command {
+    let mut c = std::process::Command::new("timeout");
+    c.args(["--kill-after=5", "60", program]);
+    c
+}
 mod lio;
 mod run;
 mod scenario;

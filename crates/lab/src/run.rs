@@ -105,7 +105,7 @@ fn via_sg_raw(device: &Path, op: &Operation) -> Result<Answer, String> {
     let out_file = Path::new("/run/lab/sg_raw.out");
     let in_file = Path::new("/run/lab/sg_raw.in");
     let _ = std::fs::remove_file(out_file);
-    let mut cmd = Command::new("sg_raw");
+    let mut cmd = crate::bounded("sg_raw");
     cmd.args(["-vv", "-t", "60"]);
     if op.writes() {
         std::fs::write(in_file, &params).map_err(|e| e.to_string())?;
@@ -228,7 +228,7 @@ fn check_state(state: &State, op: &Operation, a: &Answer) -> Result<(), String> 
 }
 
 fn io(device: &Path, write: bool) -> Result<bool, String> {
-    let mut cmd = Command::new("dd");
+    let mut cmd = crate::bounded("dd");
     if write {
         cmd.args(["if=/dev/zero", "oflag=direct"])
             .arg(format!("of={}", device.display()));
@@ -345,7 +345,7 @@ fn run_inner(
                     "capabilities" => "-c",
                     _ => "-s",
                 };
-                let sg = Command::new("sg_persist")
+                let sg = crate::bounded("sg_persist")
                     .args(["-n", "--in", flag])
                     .arg(dev)
                     .output()

@@ -37,7 +37,7 @@ fn run(cmd: &mut Command) -> Result<String, String> {
 }
 
 fn iscsiadm(args: &[&str]) -> Result<String, String> {
-    run(Command::new("iscsiadm").args(args))
+    run(crate::bounded("iscsiadm").args(args))
 }
 
 /// Starts iscsid once, with its database on a tmpfs over /etc/iscsi (the guest's root is the

@@ -108,6 +108,10 @@ pub struct SweepRun {
     pub helper: String,
     pub round: u32,
     pub result: RunResult,
+    /// The helper's CPU time (all threads, user + system) per completed request during the
+    /// run: its cost independent of how fast the load generator can drive it.
+    #[serde(default)]
+    pub server_cpu_us_per_request: Option<f64>,
 }
 
 /// Medians over the rounds for one helper at one client count.
@@ -120,6 +124,9 @@ pub struct Point {
     pub p999_us: f64,
     pub max_us: f64,
     pub errors: u64,
+    /// Median over rounds of the helper's CPU µs per request.
+    #[serde(default)]
+    pub cpu_us_per_request: Option<f64>,
 }
 
 /// Everything one `compare` invocation measured.
@@ -154,11 +161,15 @@ impl CompareResults {
             let points = counts
                 .iter()
                 .filter_map(|&c| {
-                    let rs: Vec<&RunResult> = self
+                    let sweep: Vec<&SweepRun> = self
                         .runs
                         .iter()
                         .filter(|r| r.helper == helper && r.result.clients == c)
-                        .map(|r| &r.result)
+                        .collect();
+                    let rs: Vec<&RunResult> = sweep.iter().map(|r| &r.result).collect();
+                    let cpu: Vec<f64> = sweep
+                        .iter()
+                        .filter_map(|r| r.server_cpu_us_per_request)
                         .collect();
                     let m = |f: &dyn Fn(&RunResult) -> f64| {
                         median(&rs.iter().map(|r| f(r)).collect::<Vec<_>>())
@@ -171,6 +182,7 @@ impl CompareResults {
                         p999_us: m(&|r| r.latency.p999_us)?,
                         max_us: rs.iter().map(|r| r.latency.max_us).fold(0.0, f64::max),
                         errors: rs.iter().map(|r| r.errors).sum(),
+                        cpu_us_per_request: median(&cpu),
                     })
                 })
                 .collect();
@@ -231,6 +243,19 @@ impl CompareResults {
                     o.p50_us,
                     c.p99_us,
                     o.p99_us
+                ));
+            }
+        }
+        for c in self.summary.get(C_HELPER).into_iter().flatten() {
+            if let (Some(cc), Some(oc)) = (
+                c.cpu_us_per_request,
+                self.point(OURS, c.clients)
+                    .and_then(|o| o.cpu_us_per_request),
+            ) {
+                t.push_str(&format!(
+                    "helper CPU per request at {:>4} clients: C {cc:.1} µs, ours {oc:.1} µs ({:.2}× less)\n",
+                    c.clients,
+                    cc / oc.max(f64::MIN_POSITIVE)
                 ));
             }
         }
@@ -381,7 +406,15 @@ fn run_in(
                 [&o, &c]
             };
             for h in order {
+                let cpu_before = crate::procinfo::cpu_time_us(h.pid()).ok();
                 let r = load::run(&load_cfg(h, clients), &device.file, &device.description);
+                let cpu_after = crate::procinfo::cpu_time_us(h.pid()).ok();
+                let cpu_per_request = match (cpu_before, cpu_after) {
+                    (Some(a), Some(b)) if r.requests > 0 => {
+                        Some(b.saturating_sub(a) as f64 / r.requests as f64)
+                    }
+                    _ => None,
+                };
                 eprintln!(
                     "round {} {:>15} {:>5} clients: {:>9.0} req/s p50 {:>8.1} µs p99 {:>9.1} µs{}",
                     round + 1,
@@ -400,6 +433,7 @@ fn run_in(
                     helper: h.name.to_string(),
                     round,
                     result: r,
+                    server_cpu_us_per_request: cpu_per_request,
                 });
             }
         }

@@ -34,6 +34,27 @@ impl ProcSnapshot {
     }
 }
 
+/// CPU time a process has used so far (user + system, all threads), in microseconds, from
+/// /proc/PID/stat (fields 14 and 15, in clock ticks).
+pub fn cpu_time_us(pid: u32) -> io::Result<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The command name (field 2) may contain spaces; the fields after it follow the last ')'.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .ok_or_else(|| io::Error::other("malformed /proc/PID/stat"))?;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // rest starts at field 3 (state): utime is field 14, stime field 15.
+    let tick = |i: usize| -> io::Result<u64> {
+        f.get(i - 3)
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| io::Error::other("malformed /proc/PID/stat"))
+    };
+    let ticks = tick(14)? + tick(15)?;
+    let hz = rustix::param::clock_ticks_per_second();
+    Ok(ticks * 1_000_000 / hz.max(1))
+}
+
 /// Finds the process listening on the Unix socket at `path`: the socket's inode from
 /// /proc/net/unix, then the process holding `socket:[inode]` among its descriptors.
 pub fn pid_listening_on(path: &Path) -> io::Result<u32> {
@@ -138,6 +159,23 @@ pub fn raise_nofile(want: u64) -> u64 {
         let _ = setrlimit(Resource::Nofile, capped);
     }
     getrlimit(Resource::Nofile).current.unwrap_or(want)
+}
+
+#[cfg(test)]
+mod cpu_tests {
+    #[test]
+    fn cpu_time_of_this_process_grows() {
+        let me = std::process::id();
+        let a = super::cpu_time_us(me).unwrap();
+        let mut x = 0u64;
+        let t = std::time::Instant::now();
+        while t.elapsed() < std::time::Duration::from_millis(100) {
+            x = x.wrapping_mul(31).wrapping_add(7);
+        }
+        std::hint::black_box(x);
+        let b = super::cpu_time_us(me).unwrap();
+        assert!(b >= a + 50_000, "{a} -> {b}");
+    }
 }
 
 #[cfg(test)]

@@ -216,6 +216,27 @@ pub fn render(sets: &[CompareResults], kept: &str) -> String {
                     o.errors
                 );
             }
+            let cpu_rows: Vec<String> = points
+                .iter()
+                .filter_map(|c| {
+                    let o = r.point(OURS, c.clients)?;
+                    let (cc, oc) = (c.cpu_us_per_request?, o.cpu_us_per_request?);
+                    Some(format!(
+                        "| {} | {cc:.1} | {oc:.1} | {:.2}× |",
+                        c.clients,
+                        cc / oc.max(f64::MIN_POSITIVE)
+                    ))
+                })
+                .collect();
+            if !cpu_rows.is_empty() {
+                let _ = writeln!(
+                    d,
+                    "\nHelper CPU time per request (user + system, all threads, from /proc; medians \
+                     over rounds). This is each helper's own cost, whatever the load generator \
+                     manages to send:\n\n| clients | C CPU µs/request | ours CPU µs/request | C ÷ ours |\n|---:|---:|---:|---:|\n{}",
+                    cpu_rows.join("\n")
+                );
+            }
         }
         let _ = writeln!(
             d,

@@ -204,6 +204,14 @@ impl CompareResults {
         (c > 0.0).then(|| o / c)
     }
 
+    /// The helpers' CPU µs per request at `clients`: (C, ours).
+    pub fn cpu_per_request(&self, clients: u32) -> Option<(f64, f64)> {
+        Some((
+            self.point(C_HELPER, clients)?.cpu_us_per_request?,
+            self.point(OURS, clients)?.cpu_us_per_request?,
+        ))
+    }
+
     /// Ours ÷ C for the single-client median latency.
     pub fn latency_ratio(&self) -> Option<f64> {
         let o = self.point(OURS, 1)?.p50_us;
@@ -247,11 +255,7 @@ impl CompareResults {
             }
         }
         for c in self.summary.get(C_HELPER).into_iter().flatten() {
-            if let (Some(cc), Some(oc)) = (
-                c.cpu_us_per_request,
-                self.point(OURS, c.clients)
-                    .and_then(|o| o.cpu_us_per_request),
-            ) {
+            if let Some((cc, oc)) = self.cpu_per_request(c.clients) {
                 t.push_str(&format!(
                     "helper CPU per request at {:>4} clients: C {cc:.1} µs, ours {oc:.1} µs ({:.2}× less)\n",
                     c.clients,

@@ -219,8 +219,7 @@ pub fn render(sets: &[CompareResults], kept: &str) -> String {
             let cpu_rows: Vec<String> = points
                 .iter()
                 .filter_map(|c| {
-                    let o = r.point(OURS, c.clients)?;
-                    let (cc, oc) = (c.cpu_us_per_request?, o.cpu_us_per_request?);
+                    let (cc, oc) = r.cpu_per_request(c.clients)?;
                     Some(format!(
                         "| {} | {cc:.1} | {oc:.1} | {:.2}× |",
                         c.clients,

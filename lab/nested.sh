@@ -8,7 +8,6 @@ set -u
 TOP=$(cd "$(dirname "$0")/.." && pwd)
 BIN=$TOP/target/release
 LAB=${LAB_BUILD:-$TOP/build/lab}
-cfg=/sys/kernel/config/target
 sock=/run/nested.sock
 log=/run/l2.log
 ok() { echo "PASS nested: $1"; }
@@ -16,26 +15,10 @@ ko() { echo "FAIL nested: $1: $2"; }
 t0=$(date +%s)
 
 # One LU, two initiators: A for QEMU, B for L1's own view.
-truncate -s 8M /run/nested.img
-mkdir -p $cfg/core/fileio_0/nested
-echo "fd_dev_name=/run/nested.img,fd_dev_size=8388608" > $cfg/core/fileio_0/nested/control
-echo 1 > $cfg/core/fileio_0/nested/enable
-devs=()
-for i in 1 2; do
-  t=$cfg/loopback/naa.5001405fff000a0$i/tpgt_1
-  mkdir -p $t/lun
-  echo naa.5001405fff000b0$i > $t/nexus
-  mkdir -p $t/lun/lun_0
-  ln -s $cfg/core/fileio_0/nested $t/lun/lun_0/lu
-  addr=$(cat $t/address)
-  for s in $(seq 100); do
-    d=$(for b in /sys/class/block/sd*; do [ "$(basename "$(readlink $b/device)")" = "$addr:0" ] && basename $b; done)
-    [ -n "$d" ] && [ -b /dev/$d ] && break; sleep 0.1
-  done
-  devs+=(/dev/$d)
-done
-A=${devs[0]}; B=${devs[1]}
-for d in $A $B; do for s in 1 2 3 4 5; do sg_turs $d >/dev/null 2>&1 && break; done; done
+. "$TOP/lab/lio.sh"
+lio_lu nested
+A=$(lio_disk nested naa.5001405fff000a01 naa.5001405fff000b01) || { ko "LIO" "no disk for initiator A"; exit 0; }
+B=$(lio_disk nested naa.5001405fff000a02 naa.5001405fff000b02) || { ko "LIO" "no disk for initiator B"; exit 0; }
 
 starts=0
 start_helper() { starts=$((starts+1)); $BIN/pr-helper -v -k $sock -u nobody -g nogroup 2>/run/nested-helper.$starts.log & hp=$!

@@ -1,11 +1,12 @@
 //! Checks a client's descriptor and chooses the backend for a request.
 
+use std::collections::HashMap;
 use std::os::fd::BorrowedFd;
 use std::sync::Arc;
 
 use pr_proto::{Direction, Reply, RequestHeader};
 use pr_scsi::SenseCode;
-use pr_sys::device::{classify, is_read_only};
+use pr_sys::device::{classify, is_read_only, DevNum, FileKind};
 
 use crate::{Backend, Device};
 
@@ -21,16 +22,66 @@ pub enum Route<'a> {
     },
 }
 
-/// Chooses a backend per device. Today every accepted device goes to the default backend
-/// (SG_IO passthrough); multipath, block-layer and emulated devices plug in here.
+/// The block major every NVMe namespace has (BLOCK_EXT_MAJOR: dynamically numbered disks).
+const BLOCK_EXT_MAJOR: u32 = 259;
+
+/// Chooses a backend per device: a backend configured for the device's number; else, for a
+/// block device, the block-device default; else, for an NVMe namespace (which has no SG_IO),
+/// the NVMe backend when one is set; else the default (SG_IO passthrough).
 #[derive(Debug, Clone)]
 pub struct Dispatcher {
     default: Arc<dyn Backend>,
+    block_default: Option<Arc<dyn Backend>>,
+    nvme: Option<Arc<dyn Backend>>,
+    devices: HashMap<DevNum, Arc<dyn Backend>>,
 }
 
 impl Dispatcher {
+    /// Every device to `default`.
     pub fn new(default: Arc<dyn Backend>) -> Dispatcher {
-        Dispatcher { default }
+        Dispatcher {
+            default,
+            block_default: None,
+            nvme: None,
+            devices: HashMap::new(),
+        }
+    }
+
+    /// Block devices no device rule names go to `backend` (sg character devices still go to
+    /// the default: they only take SG_IO).
+    pub fn with_block_default(mut self, backend: Arc<dyn Backend>) -> Dispatcher {
+        self.block_default = Some(backend);
+        self
+    }
+
+    /// NVMe namespaces no device rule names go to `backend`.
+    pub fn with_nvme(mut self, backend: Arc<dyn Backend>) -> Dispatcher {
+        self.nvme = Some(backend);
+        self
+    }
+
+    /// The device with this number goes to `backend`.
+    pub fn with_device(mut self, dev: DevNum, backend: Arc<dyn Backend>) -> Dispatcher {
+        self.devices.insert(dev, backend);
+        self
+    }
+
+    /// The backend for an accepted descriptor.
+    fn choose(&self, fd: BorrowedFd<'_>, kind: FileKind) -> &Arc<dyn Backend> {
+        if let Some(b) = kind.dev().and_then(|d| self.devices.get(&d)) {
+            return b;
+        }
+        if let FileKind::Block(dev) = kind {
+            if let Some(b) = &self.block_default {
+                return b;
+            }
+            if let Some(b) = &self.nvme {
+                if dev.major == BLOCK_EXT_MAJOR && pr_sys::blkpr::is_nvme_namespace(fd) {
+                    return b;
+                }
+            }
+        }
+        &self.default
     }
 
     /// Checks the descriptor before any ioctl touches it:
@@ -79,7 +130,7 @@ impl Dispatcher {
             );
         }
         Route::Execute {
-            backend: self.default.clone(),
+            backend: self.choose(fd, kind).clone(),
             device: Device {
                 fd,
                 kind,

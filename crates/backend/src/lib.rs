@@ -8,6 +8,7 @@
 //! `Ok(Reply)`; `Err` means the command could not be executed at all.
 #![forbid(unsafe_code)]
 
+pub mod blkpr;
 pub mod dispatch;
 pub mod sgio;
 

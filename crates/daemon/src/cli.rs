@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use clap::{ArgAction, Parser, ValueEnum};
 
+use crate::devices::{DeviceConfig, DeviceConfigError};
+
 /// Default socket path, as qemu-pr-helper's.
 pub const DEFAULT_SOCKET: &str = "/var/run/qemu-pr-helper.sock";
 /// Default pidfile path, as qemu-pr-helper's.
@@ -80,6 +82,12 @@ pub struct Cli {
           value_parser = clap::value_parser!(u32).range(1..=3600))]
     pub io_timeout: u32,
 
+    /// Device configuration (TOML): the backend per device (SG_IO passthrough or the block-layer
+    /// PR ioctls) and for devices it does not name. Without it: SG_IO, and the block-layer
+    /// ioctls for NVMe namespaces. Format in docs/backends.md.
+    #[arg(long = "config", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
     /// Most client connections served at once; further clients wait in the listen backlog.
     #[arg(long = "max-connections", value_name = "N", default_value_t = 16384,
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
@@ -117,6 +125,7 @@ pub struct Config {
     pub sgio_timeout: Duration,
     pub io_timeout: Duration,
     pub max_connections: usize,
+    pub devices: DeviceConfig,
 }
 
 /// A command line that cannot be run.
@@ -134,6 +143,8 @@ pub enum ConfigError {
     TooManyActivatedSockets(u32),
     #[error("LISTEN_FDS='{0}' is not a number")]
     BadListenFds(String),
+    #[error("--config: {0}")]
+    Devices(#[from] DeviceConfigError),
     #[error(
         "invalid --trace option '{0}': expected [[enable=]<pattern>][,events=<file>][,file=<file>]"
     )]
@@ -228,6 +239,10 @@ impl TryFrom<Cli> for Config {
             (None, true) => Some(PathBuf::from(DEFAULT_PIDFILE)),
             (None, false) => None,
         };
+        let devices = match &cli.config {
+            Some(path) => DeviceConfig::load(path)?,
+            None => DeviceConfig::default(),
+        };
         Ok(Config {
             daemonize: cli.daemon,
             pidfile,
@@ -241,6 +256,7 @@ impl TryFrom<Cli> for Config {
             sgio_timeout: Duration::from_secs(cli.sgio_timeout.into()),
             io_timeout: Duration::from_secs(cli.io_timeout.into()),
             max_connections: cli.max_connections as usize,
+            devices,
         })
     }
 }

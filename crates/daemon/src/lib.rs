@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cli;
+pub mod devices;
 mod listener;
 mod logging;
 mod privileges;
@@ -13,8 +14,6 @@ mod server;
 use std::sync::Arc;
 
 pub use cli::Config;
-use pr_backend::sgio::SgIoBackend;
-use pr_backend::Dispatcher;
 
 /// Why the daemon could not start or had to stop.
 #[derive(Debug, thiserror::Error)]
@@ -54,7 +53,10 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         .as_deref()
         .map(process::Pidfile::create)
         .transpose()?;
-    privileges::drop_privileges(config.uid, config.gid)?;
+    for line in config.devices.describe() {
+        tracing::info!("{line}");
+    }
+    privileges::drop_privileges(config.uid, config.gid, config.devices.configures_blkpr())?;
     process::notify_ready();
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -64,9 +66,7 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         .enable_all()
         .build()
         .map_err(DaemonError::Runtime)?;
-    let dispatcher = Arc::new(Dispatcher::new(Arc::new(SgIoBackend::new(
-        config.sgio_timeout,
-    ))));
+    let dispatcher = Arc::new(config.devices.dispatcher(config.sgio_timeout));
     let result = runtime.block_on(async {
         seccomp::install(config.seccomp)?;
         server::serve(listener, dispatcher, &config)

@@ -1,5 +1,6 @@
 //! Dropping privileges after the socket is listening: keep only CAP_SYS_RAWIO (for SG_IO on
-//! devices), switch to the requested user and group, drop supplementary groups, clear the
+//! devices) and, when the device configuration uses the block-layer PR ioctls, CAP_SYS_ADMIN
+//! (Linux before 6.5 allows IOC_PR_* only with it); switch to the requested user and group, drop supplementary groups, clear the
 //! bounding set, and set no_new_privs. The result is verified; any shortfall is fatal, so the
 //! daemon never serves with more privilege than asked.
 
@@ -24,11 +25,19 @@ fn step<E: std::fmt::Display>(step: &'static str) -> impl FnOnce(E) -> Privilege
 }
 
 /// The capabilities the daemon keeps.
-pub fn kept() -> CapsHashSet {
-    [Capability::CAP_SYS_RAWIO].into_iter().collect()
+pub fn kept(sys_admin: bool) -> CapsHashSet {
+    let mut set: CapsHashSet = [Capability::CAP_SYS_RAWIO].into_iter().collect();
+    if sys_admin {
+        set.insert(Capability::CAP_SYS_ADMIN);
+    }
+    set
 }
 
-pub fn drop_privileges(uid: Option<u32>, gid: Option<u32>) -> Result<(), PrivilegeError> {
+pub fn drop_privileges(
+    uid: Option<u32>,
+    gid: Option<u32>,
+    sys_admin: bool,
+) -> Result<(), PrivilegeError> {
     let permitted = caps::read(None, CapSet::Permitted).map_err(step("reading capabilities"))?;
     let target_uid = uid.unwrap_or_else(|| getuid().as_raw());
     let target_gid = gid.unwrap_or_else(|| getgid().as_raw());
@@ -60,7 +69,7 @@ pub fn drop_privileges(uid: Option<u32>, gid: Option<u32>) -> Result<(), Privile
     setuid(Uid::from_raw(target_uid)).map_err(step("setuid"))?;
     nix::sys::prctl::set_keepcaps(false).map_err(step("PR_SET_KEEPCAPS"))?;
 
-    let keep = kept();
+    let keep = kept(sys_admin);
     caps::clear(None, CapSet::Ambient).ok();
     caps::set(None, CapSet::Inheritable, &CapsHashSet::new())
         .map_err(step("clearing inheritable capabilities"))?;
@@ -69,8 +78,11 @@ pub fn drop_privileges(uid: Option<u32>, gid: Option<u32>) -> Result<(), Privile
     rustix::thread::set_no_new_privs(true).map_err(step("setting no_new_privs"))?;
 
     verify(target_uid, target_gid, &keep)?;
+    let mut names: Vec<String> = keep.iter().map(|c| c.to_string()).collect();
+    names.sort();
     tracing::info!(
-        "privileges dropped: uid {target_uid} gid {target_gid}, capabilities {{CAP_SYS_RAWIO}}"
+        "privileges dropped: uid {target_uid} gid {target_gid}, capabilities {{{}}}",
+        names.join(", ")
     );
     Ok(())
 }

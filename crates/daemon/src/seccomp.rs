@@ -1,6 +1,7 @@
 //! The seccomp allow-list: the system calls the serving daemon makes, and nothing else.
 //! Installed on all threads (TSYNC) once the runtime exists; threads started later inherit it.
-//! ioctl is allowed only with the SG_IO and SG_GET_VERSION_NUM request numbers.
+//! ioctl is allowed only with the SG_IO, SG_GET_VERSION_NUM, block-layer PR (IOC_PR_*) and
+//! NVME_IOCTL_ID request numbers.
 //!
 //! Opening files is never needed after start-up, but libc and std probe CPU and cgroup files
 //! from new threads (to size malloc arenas or thread pools). Those opens fail with EACCES — the
@@ -130,10 +131,15 @@ fn program(mode: SeccompMode) -> Result<BpfProgram, SeccompError> {
             .map_err(|e| err(&e))?;
         SeccompRule::new(vec![cond]).map_err(|e| err(&e))
     };
-    rules.insert(
-        libc::SYS_ioctl,
-        vec![ioctl_rule(SG_IO)?, ioctl_rule(SG_GET_VERSION_NUM)?],
-    );
+    let mut ioctls = vec![
+        ioctl_rule(SG_IO)?,
+        ioctl_rule(SG_GET_VERSION_NUM)?,
+        ioctl_rule(pr_sys::blkpr::NVME_IOCTL_ID)?,
+    ];
+    for req in pr_sys::blkpr::ALL_REQUESTS {
+        ioctls.push(ioctl_rule(req)?);
+    }
+    rules.insert(libc::SYS_ioctl, ioctls);
     let mismatch = match mode {
         SeccompMode::Kill => SeccompAction::KillProcess,
         SeccompMode::Log => SeccompAction::Log,

@@ -3,6 +3,9 @@
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
 
+use crate::blkpr::{
+    PrClear, PrPreempt, PrReadKeys, PrReadReservation, PrRegistration, PrReservation,
+};
 use crate::sgio::SgIoHdr;
 
 /// `SG_IO` from `<scsi/sg.h>`.
@@ -34,8 +37,9 @@ pub(crate) fn sg_io(fd: BorrowedFd<'_>, hdr: &mut SgIoHdr) -> io::Result<()> {
 pub(crate) fn sg_get_version_num(fd: BorrowedFd<'_>) -> io::Result<i32> {
     let mut version: libc::c_int = 0;
     // SAFETY: SG_GET_VERSION_NUM writes one `int` through the pointer, which points to a live,
-    // aligned local `c_int`. The fd is borrowed, hence open. Callers only pass fds of the sg
-    // character major, so no other driver interprets this request number.
+    // aligned local `c_int`. The fd is borrowed, hence open. It is issued on sg character
+    // devices and on block devices, where the SCSI block ioctl layer answers it the same way
+    // and other drivers return ENOTTY (QEMU probes block devices with it as well).
     let r = unsafe {
         libc::ioctl(
             fd.as_raw_fd(),
@@ -47,6 +51,80 @@ pub(crate) fn sg_get_version_num(fd: BorrowedFd<'_>) -> io::Result<i32> {
         Err(io::Error::last_os_error())
     } else {
         Ok(version)
+    }
+}
+
+/// The argument structs of the fixed-size block-layer PR ioctls: plain `#[repr(C)]` integers
+/// with a size assertion against `<linux/pr.h>`, and no pointers.
+pub(crate) trait PrArg: Copy {}
+impl PrArg for PrRegistration {}
+impl PrArg for PrReservation {}
+impl PrArg for PrPreempt {}
+impl PrArg for PrClear {}
+impl PrArg for PrReadReservation {}
+
+/// Issues a block-layer PR ioctl whose argument is a fixed-size struct the kernel reads.
+pub(crate) fn pr_write<T: PrArg>(fd: BorrowedFd<'_>, request: u64, arg: &mut T) -> io::Result<i32> {
+    // SAFETY: `arg` is an exclusively borrowed, aligned struct whose size equals the size
+    // encoded in `request` (the callers pair each IOC_PR_* number with its own struct, and the
+    // structs have size assertions), so the kernel's copy_from_user stays inside it. It holds
+    // no pointers. The fd is borrowed, hence open.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), request as libc::c_ulong, arg as *mut T) };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+/// Issues a block-layer PR ioctl whose fixed-size struct the kernel writes.
+pub(crate) fn pr_read<T: PrArg>(fd: BorrowedFd<'_>, request: u64, arg: &mut T) -> io::Result<i32> {
+    // SAFETY: as for `pr_write`; the kernel's copy_to_user writes at most size_of::<T>() bytes
+    // (the size encoded in `request`) into the exclusively borrowed `arg`.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), request as libc::c_ulong, arg as *mut T) };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+/// IOC_PR_READ_KEYS: the kernel writes up to `arg.num_keys` keys to `keys` and updates `arg`.
+pub(crate) fn pr_read_keys(
+    fd: BorrowedFd<'_>,
+    arg: &mut PrReadKeys,
+    keys: &mut [u64],
+) -> io::Result<i32> {
+    arg.num_keys = u32::try_from(keys.len())
+        .unwrap_or(u32::MAX)
+        .min(arg.num_keys);
+    arg.keys_ptr = keys.as_mut_ptr() as u64;
+    // SAFETY: `arg` is an exclusively borrowed 16-byte `struct pr_read_keys` (size assertion);
+    // its `keys_ptr` points at `keys`, which is exclusively borrowed for this call and has room
+    // for at least `num_keys` u64s (set just above), the most the kernel copies back.
+    let r = unsafe {
+        libc::ioctl(
+            fd.as_raw_fd(),
+            crate::blkpr::IOC_PR_READ_KEYS as libc::c_ulong,
+            arg as *mut PrReadKeys,
+        )
+    };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+/// Issues an ioctl that takes no argument and returns an int (NVME_IOCTL_ID).
+pub(crate) fn no_argument(fd: BorrowedFd<'_>, request: u64) -> io::Result<i32> {
+    // SAFETY: the only caller passes NVME_IOCTL_ID, an `_IO` request with no argument: the
+    // kernel reads and writes no user memory. The fd is borrowed, hence open.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), request as libc::c_ulong, 0usize) };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
     }
 }
 

@@ -5,6 +5,7 @@
 //! safe to call, and file descriptors are `OwnedFd`/`BorrowedFd` in every signature.
 
 pub mod activation;
+pub mod blkpr;
 pub mod device;
 mod ioctl;
 pub mod process;

@@ -120,6 +120,6 @@ pub fn sg_io(
 }
 
 /// The sg driver version, if `fd` is an sg character device that answers SG_GET_VERSION_NUM.
-pub(crate) fn sg_version(fd: BorrowedFd<'_>) -> io::Result<i32> {
+pub fn sg_version(fd: BorrowedFd<'_>) -> io::Result<i32> {
     crate::ioctl::sg_get_version_num(fd)
 }

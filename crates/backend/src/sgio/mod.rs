@@ -1,6 +1,6 @@
 //! SG_IO passthrough: the command goes to the device as the client sent it.
 
-mod mapping;
+pub(crate) mod mapping;
 
 use std::time::Duration;
 

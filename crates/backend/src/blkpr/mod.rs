@@ -1,0 +1,180 @@
+//! The Linux block-layer PR ioctls (IOC_PR_*): for NVMe namespaces, device-mapper devices and
+//! any block device whose driver has `pr_ops`, without SG_IO.
+//!
+//! PR OUT goes through IOC_PR_REGISTER … IOC_PR_CLEAR; READ KEYS and READ RESERVATION through
+//! IOC_PR_READ_KEYS / IOC_PR_READ_RESERVATION (Linux ≥ 6.19). On older kernels those two, and
+//! READ FULL STATUS always, fall back to SG_IO when the device answers SG_GET_VERSION_NUM (a
+//! SCSI disk); otherwise they are refused. REPORT CAPABILITIES is synthesised. The translation
+//! rules and the status/errno table are in [`translate`] and docs/backends.md.
+
+pub mod translate;
+
+use std::io;
+
+use pr_proto::Reply;
+use pr_sys::blkpr;
+use tracing::{debug, info};
+
+use crate::sgio::SgIoBackend;
+use crate::{Backend, BackendError, Device, PrRequest};
+use translate::BlockCommand;
+
+/// The block-layer PR backend.
+#[derive(Debug, Clone, Default)]
+pub struct BlkPrBackend {
+    /// For the PR IN service actions the running kernel has no ioctl for.
+    sgio: SgIoBackend,
+}
+
+impl BlkPrBackend {
+    pub fn new(sgio: SgIoBackend) -> BlkPrBackend {
+        BlkPrBackend { sgio }
+    }
+
+    fn device_name(device: &Device<'_>) -> String {
+        device.kind.describe()
+    }
+
+    /// The reply for an ioctl's outcome; EPERM/EACCES become an error (we lack a privilege).
+    fn finish(
+        &self,
+        device: &Device<'_>,
+        what: &str,
+        r: io::Result<i32>,
+    ) -> Result<Reply, BackendError> {
+        match r {
+            Ok(0) => Ok(Reply::good(Vec::new())),
+            Ok(status) => Ok(translate::reply_from_status(status)),
+            Err(e) => {
+                let errno = e.raw_os_error().unwrap_or(libc::EIO);
+                translate::reply_from_errno(errno).ok_or_else(|| BackendError::Io {
+                    backend: "blkpr",
+                    device: Self::device_name(device),
+                    source: io::Error::new(
+                        e.kind(),
+                        format!(
+                            "{what}: {e} (kernels before 6.5 allow IOC_PR_* only with \
+                             CAP_SYS_ADMIN, which pr-helper keeps when a device is configured \
+                             with backend = \"blkpr\")"
+                        ),
+                    ),
+                })
+            }
+        }
+    }
+
+    /// A PR IN service action the block layer cannot answer here: SG_IO if the device takes it.
+    fn fallback(
+        &self,
+        device: &Device<'_>,
+        request: &PrRequest<'_>,
+        why: &str,
+    ) -> Result<Reply, BackendError> {
+        if pr_sys::sgio::sg_version(device.fd).is_ok() {
+            debug!(
+                "blkpr: {why}; {} answers SG_IO, using it",
+                Self::device_name(device)
+            );
+            return self.sgio.execute(device, request);
+        }
+        info!(
+            "blkpr: {why}, and {} has no SG_IO: refused",
+            Self::device_name(device)
+        );
+        Ok(Reply::check_condition(
+            pr_scsi::SenseCode::INVALID_FIELD_IN_CDB.to_fixed_with_field_pointer(true, 1, Some(4)),
+        ))
+    }
+}
+
+/// Errnos with which a kernel or driver says it has no such PR ioctl.
+fn no_such_ioctl(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::ENOTTY | libc::EINVAL | libc::EOPNOTSUPP)
+    )
+}
+
+impl Backend for BlkPrBackend {
+    fn name(&self) -> &'static str {
+        "blkpr"
+    }
+
+    fn execute(&self, device: &Device<'_>, request: &PrRequest<'_>) -> Result<Reply, BackendError> {
+        let command = match translate::translate(request.header, request.parameters) {
+            Ok(c) => c,
+            Err(r) => {
+                info!(
+                    "blkpr: refused on {}: {}",
+                    Self::device_name(device),
+                    r.reason
+                );
+                return Ok(r.reply);
+            }
+        };
+        debug!("blkpr: {command:?} on {}", Self::device_name(device));
+        let fd = device.fd;
+        match command {
+            BlockCommand::Register {
+                old_key,
+                new_key,
+                ignore_existing,
+            } => self.finish(
+                device,
+                "IOC_PR_REGISTER",
+                blkpr::register(fd, old_key, new_key, ignore_existing),
+            ),
+            BlockCommand::Reserve { key, pr_type } => {
+                self.finish(device, "IOC_PR_RESERVE", blkpr::reserve(fd, key, pr_type))
+            }
+            BlockCommand::Release { key, pr_type } => {
+                self.finish(device, "IOC_PR_RELEASE", blkpr::release(fd, key, pr_type))
+            }
+            BlockCommand::Preempt {
+                key,
+                victim,
+                pr_type,
+                abort,
+            } => self.finish(
+                device,
+                "IOC_PR_PREEMPT",
+                blkpr::preempt(fd, key, victim, pr_type, abort),
+            ),
+            BlockCommand::Clear { key } => {
+                self.finish(device, "IOC_PR_CLEAR", blkpr::clear(fd, key))
+            }
+            BlockCommand::ReadKeys { capacity } => match blkpr::read_keys(fd, capacity) {
+                Ok(k) if k.result == 0 => Ok(Reply::good(translate::read_keys_data(
+                    k.generation,
+                    k.total,
+                    &k.keys,
+                ))),
+                Ok(k) => Ok(translate::reply_from_status(k.result)),
+                Err(e) if no_such_ioctl(&e) => {
+                    self.fallback(device, request, &format!("IOC_PR_READ_KEYS: {e}"))
+                }
+                Err(e) => self.finish(device, "IOC_PR_READ_KEYS", Err(e)),
+            },
+            BlockCommand::ReadReservation => match blkpr::read_reservation(fd) {
+                Ok(r) if r.result == 0 => {
+                    match translate::read_reservation_data(r.generation, r.key, r.rtype) {
+                        Ok(d) => Ok(Reply::good(d)),
+                        Err(r) => {
+                            info!("blkpr: {} on {}", r.reason, Self::device_name(device));
+                            Ok(r.reply)
+                        }
+                    }
+                }
+                Ok(r) => Ok(translate::reply_from_status(r.result)),
+                Err(e) if no_such_ioctl(&e) => {
+                    self.fallback(device, request, &format!("IOC_PR_READ_RESERVATION: {e}"))
+                }
+                Err(e) => self.finish(device, "IOC_PR_READ_RESERVATION", Err(e)),
+            },
+            BlockCommand::ReportCapabilities => Ok(Reply::good(translate::capabilities())),
+            BlockCommand::ReadFullStatus => {
+                self.fallback(device, request, "READ FULL STATUS has no block-layer ioctl")
+            }
+        }
+    }
+}

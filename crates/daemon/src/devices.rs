@@ -1,0 +1,319 @@
+//! The device configuration (`--config FILE`, TOML): which backend serves which device.
+//!
+//! ```toml
+//! # Backend for devices no [[device]] entry names:
+//! #   "auto"   SG_IO passthrough; NVMe namespaces (which have no SG_IO) use the block-layer
+//! #            PR ioctls (the default)
+//! #   "sgio"   SG_IO passthrough for every device
+//! #   "blkpr"  the block-layer PR ioctls for every block device (sg devices keep SG_IO)
+//! default = "auto"
+//!
+//! [[device]]
+//! path = "/dev/disk/by-id/dm-uuid-mpath-36001405abcdef"   # resolved once, at start-up
+//! backend = "blkpr"
+//!
+//! [[device]]
+//! dev = "8:32"                                              # or a device number
+//! backend = "sgio"
+//! ```
+//!
+//! Paths are resolved to device numbers when pr-helper starts (the sandbox forbids opening
+//! files later), so a device that appears afterwards is matched only by `dev`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use pr_backend::blkpr::BlkPrBackend;
+use pr_backend::sgio::SgIoBackend;
+use pr_backend::{Backend, Dispatcher};
+use pr_sys::device::{DevNum, SCSI_GENERIC_MAJOR};
+use serde::Deserialize;
+
+/// A backend a device can be given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendName {
+    Sgio,
+    Blkpr,
+}
+
+impl BackendName {
+    fn as_str(self) -> &'static str {
+        match self {
+            BackendName::Sgio => "sgio",
+            BackendName::Blkpr => "blkpr",
+        }
+    }
+}
+
+/// The backend for devices no entry names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DefaultBackend {
+    #[default]
+    Auto,
+    Sgio,
+    Blkpr,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileFormat {
+    #[serde(default)]
+    default: DefaultBackend,
+    #[serde(default, rename = "device")]
+    devices: Vec<EntryFormat>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EntryFormat {
+    path: Option<PathBuf>,
+    dev: Option<String>,
+    backend: BackendName,
+}
+
+/// One device rule, resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceRule {
+    pub dev: DevNum,
+    pub backend: BackendName,
+    /// How the file named it, for messages.
+    pub named_as: String,
+}
+
+/// The validated device configuration.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeviceConfig {
+    pub default: DefaultBackend,
+    pub rules: Vec<DeviceRule>,
+}
+
+/// A configuration file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("{path}: [[device]] entry {index}: {message}")]
+    Entry {
+        path: PathBuf,
+        index: usize,
+        message: String,
+    },
+}
+
+/// Parses "MAJOR:MINOR".
+fn parse_devnum(s: &str) -> Result<DevNum, String> {
+    let bad =
+        || format!("dev = \"{s}\" is not a device number; expected MAJOR:MINOR, e.g. \"8:16\"");
+    let (a, b) = s.split_once(':').ok_or_else(bad)?;
+    Ok(DevNum {
+        major: a.trim().parse().map_err(|_| bad())?,
+        minor: b.trim().parse().map_err(|_| bad())?,
+    })
+}
+
+/// The device number of a path, which must be a block device or an sg character device.
+fn resolve_path(p: &Path) -> Result<(DevNum, bool), String> {
+    use std::os::unix::fs::FileTypeExt;
+    use std::os::unix::fs::MetadataExt;
+    let md = std::fs::metadata(p).map_err(|e| format!("path {}: {e}", p.display()))?;
+    let ft = md.file_type();
+    let dev = DevNum {
+        major: rustix::fs::major(md.rdev()),
+        minor: rustix::fs::minor(md.rdev()),
+    };
+    if ft.is_block_device() {
+        Ok((dev, true))
+    } else if ft.is_char_device() && dev.major == SCSI_GENERIC_MAJOR {
+        Ok((dev, false))
+    } else {
+        Err(format!(
+            "path {} is neither a block device nor an sg device",
+            p.display()
+        ))
+    }
+}
+
+impl DeviceConfig {
+    /// Reads and validates a configuration file, resolving paths to device numbers.
+    pub fn load(path: &Path) -> Result<DeviceConfig, DeviceConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| DeviceConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        DeviceConfig::parse(&text, path)
+    }
+
+    /// Validates a configuration's text; `path` names it in messages.
+    pub fn parse(text: &str, path: &Path) -> Result<DeviceConfig, DeviceConfigError> {
+        let file: FileFormat = toml::from_str(text).map_err(|e| DeviceConfigError::Syntax {
+            path: path.to_path_buf(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        let mut rules: Vec<DeviceRule> = Vec::new();
+        for (i, e) in file.devices.into_iter().enumerate() {
+            let entry_err = |message: String| DeviceConfigError::Entry {
+                path: path.to_path_buf(),
+                index: i + 1,
+                message,
+            };
+            let (dev, named_as, is_block) = match (&e.path, &e.dev) {
+                (Some(p), None) => {
+                    let (dev, block) = resolve_path(p).map_err(entry_err)?;
+                    (dev, p.display().to_string(), Some(block))
+                }
+                (None, Some(d)) => (parse_devnum(d).map_err(entry_err)?, d.clone(), None),
+                _ => {
+                    return Err(entry_err(
+                        "give exactly one of path = \"/dev/…\" or dev = \"MAJOR:MINOR\"".into(),
+                    ))
+                }
+            };
+            if e.backend == BackendName::Blkpr
+                && (is_block == Some(false)
+                    || dev.major == SCSI_GENERIC_MAJOR && is_block.is_none())
+            {
+                return Err(entry_err(format!(
+                    "{named_as} is an sg character device; backend \"blkpr\" needs a block device"
+                )));
+            }
+            if let Some(prev) = rules.iter().find(|r| r.dev == dev) {
+                return Err(entry_err(format!(
+                    "{named_as} is device {dev}, already configured by the entry for {}",
+                    prev.named_as
+                )));
+            }
+            rules.push(DeviceRule {
+                dev,
+                backend: e.backend,
+                named_as,
+            });
+        }
+        Ok(DeviceConfig {
+            default: file.default,
+            rules,
+        })
+    }
+
+    /// Whether any device may be served by the block-layer backend by configuration (then
+    /// CAP_SYS_ADMIN is kept: kernels before 6.5 require it for IOC_PR_*).
+    pub fn configures_blkpr(&self) -> bool {
+        self.default == DefaultBackend::Blkpr
+            || self.rules.iter().any(|r| r.backend == BackendName::Blkpr)
+    }
+
+    /// The dispatcher this configuration describes.
+    pub fn dispatcher(&self, sgio_timeout: Duration) -> Dispatcher {
+        let sgio = SgIoBackend::new(sgio_timeout);
+        let sgio_backend: Arc<dyn Backend> = Arc::new(sgio.clone());
+        let blkpr_backend: Arc<dyn Backend> = Arc::new(BlkPrBackend::new(sgio));
+        let mut d = Dispatcher::new(sgio_backend.clone());
+        match self.default {
+            DefaultBackend::Auto => d = d.with_nvme(blkpr_backend.clone()),
+            DefaultBackend::Sgio => {}
+            DefaultBackend::Blkpr => d = d.with_block_default(blkpr_backend.clone()),
+        }
+        let by_name: HashMap<BackendName, Arc<dyn Backend>> = [
+            (BackendName::Sgio, sgio_backend),
+            (BackendName::Blkpr, blkpr_backend),
+        ]
+        .into_iter()
+        .collect();
+        for r in &self.rules {
+            d = d.with_device(r.dev, by_name[&r.backend].clone());
+        }
+        d
+    }
+
+    /// One line per rule, for the start-up log.
+    pub fn describe(&self) -> Vec<String> {
+        let mut v = vec![format!("default backend: {:?}", self.default).to_lowercase()];
+        v.extend(
+            self.rules
+                .iter()
+                .map(|r| format!("device {} ({}): {}", r.dev, r.named_as, r.backend.as_str())),
+        );
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<DeviceConfig, String> {
+        DeviceConfig::parse(text, Path::new("/etc/pr-helper.toml")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn empty_file_is_auto() {
+        assert_eq!(parse("").unwrap(), DeviceConfig::default());
+        assert!(!parse("").unwrap().configures_blkpr());
+    }
+
+    #[test]
+    fn rules_by_number_and_path() {
+        let c = parse(
+            "default = \"sgio\"\n[[device]]\ndev = \"8:16\"\nbackend = \"blkpr\"\n\
+             [[device]]\npath = \"/dev/loop-control\"\nbackend = \"sgio\"\n",
+        );
+        // /dev/loop-control is a character device that is not sg: refused with its name.
+        assert_eq!(
+            c.unwrap_err(),
+            "/etc/pr-helper.toml: [[device]] entry 2: path /dev/loop-control is neither a block \
+             device nor an sg device"
+        );
+        let c = parse("[[device]]\ndev = \"8:16\"\nbackend = \"blkpr\"\n").unwrap();
+        assert_eq!(
+            c.rules,
+            vec![DeviceRule {
+                dev: DevNum {
+                    major: 8,
+                    minor: 16
+                },
+                backend: BackendName::Blkpr,
+                named_as: "8:16".into()
+            }]
+        );
+        assert!(c.configures_blkpr());
+        assert!(parse("default = \"blkpr\"").unwrap().configures_blkpr());
+    }
+
+    #[test]
+    fn every_mistake_is_named() {
+        let e = parse("default = \"fast\"").unwrap_err();
+        assert!(e.starts_with("/etc/pr-helper.toml: "), "{e}");
+        assert!(e.contains("unknown variant `fast`"), "{e}");
+        assert!(e.contains("auto"), "{e}");
+        let e = parse("[[device]]\ndev = \"8\"\nbackend = \"sgio\"").unwrap_err();
+        assert!(
+            e.contains("entry 1: dev = \"8\" is not a device number"),
+            "{e}"
+        );
+        let e = parse("[[device]]\nbackend = \"sgio\"").unwrap_err();
+        assert!(e.contains("exactly one of path"), "{e}");
+        let e = parse("[[device]]\ndev = \"21:0\"\nbackend = \"blkpr\"").unwrap_err();
+        assert!(e.contains("needs a block device"), "{e}");
+        let e = parse("[[device]]\npath = \"/nonexistent\"\nbackend = \"blkpr\"").unwrap_err();
+        assert!(e.contains("path /nonexistent: No such file"), "{e}");
+        let e = parse(
+            "[[device]]\ndev = \"8:0\"\nbackend = \"sgio\"\n[[device]]\ndev = \"8:0\"\nbackend = \"blkpr\"",
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("entry 2: 8:0 is device 8:0, already configured"),
+            "{e}"
+        );
+        let e = parse("colour = 1").unwrap_err();
+        assert!(e.contains("unknown field `colour`"), "{e}");
+    }
+}

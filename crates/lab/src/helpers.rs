@@ -24,23 +24,40 @@ pub struct Helper {
     binary: PathBuf,
     child: Child,
     log: PathBuf,
+    /// `--config` file given to our helper, if any.
+    config: Option<PathBuf>,
 }
 
 impl Helper {
-    pub fn start(kind: HelperKind, bins: &Binaries, tag: &str) -> Result<Helper, String> {
+    /// Starts a helper; `config` is a device configuration (TOML) for ours.
+    pub fn start(
+        kind: HelperKind,
+        bins: &Binaries,
+        tag: &str,
+        config: Option<&str>,
+    ) -> Result<Helper, String> {
         let (binary, name) = match kind {
             HelperKind::Ours => (bins.ours.clone(), "ours"),
             HelperKind::C => (bins.c_helper.clone(), "c"),
         };
         let socket = PathBuf::from(format!("/run/lab/{tag}-{name}.sock"));
         let log = PathBuf::from(format!("/run/lab/{tag}-{name}.log"));
-        let child = spawn(kind, &binary, &socket, &log)?;
+        let config = match config {
+            Some(text) => {
+                let p = PathBuf::from(format!("/run/lab/{tag}-{name}.toml"));
+                std::fs::write(&p, text).map_err(|e| format!("{}: {e}", p.display()))?;
+                Some(p)
+            }
+            None => None,
+        };
+        let child = spawn(kind, &binary, &socket, &log, config.as_deref())?;
         let h = Helper {
             kind,
             socket,
             binary,
             child,
             log,
+            config,
         };
         h.wait_serving()?;
         Ok(h)
@@ -74,7 +91,13 @@ impl Helper {
     /// Stops the helper (SIGTERM) and starts a new one on the same socket.
     pub fn restart(&mut self) -> Result<(), String> {
         self.stop();
-        self.child = spawn(self.kind, &self.binary, &self.socket, &self.log)?;
+        self.child = spawn(
+            self.kind,
+            &self.binary,
+            &self.socket,
+            &self.log,
+            self.config.as_deref(),
+        )?;
         self.wait_serving()
     }
 
@@ -104,6 +127,7 @@ fn spawn(
     binary: &PathBuf,
     socket: &PathBuf,
     log: &PathBuf,
+    config: Option<&std::path::Path>,
 ) -> Result<Child, String> {
     let _ = std::fs::remove_file(socket);
     let logf = std::fs::OpenOptions::new()
@@ -117,6 +141,9 @@ fn spawn(
     // distributions start it; it is the reference, not the subject.
     if kind == HelperKind::Ours {
         cmd.args(["-u", "nobody", "-g", "nogroup"]);
+        if let Some(c) = config {
+            cmd.arg("--config").arg(c).arg("-v");
+        }
     }
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())

@@ -14,7 +14,7 @@ use pr_scsi::{Sense, Status};
 
 use crate::helpers::{Binaries, Helper};
 use crate::lio::Lio;
-use crate::scenario::{Action, Expect, HelperKind, Mode, Scenario, State};
+use crate::scenario::{Action, Backend, Expect, HelperKind, Mode, Scenario, State};
 use crate::sgp;
 
 /// One reply, whichever way it came.
@@ -271,7 +271,22 @@ fn run_inner(
         Mode::Single => sc.helper,
         _ => HelperKind::Ours,
     };
-    helpers.push(Helper::start(first, bins, &sc.name)?);
+    // backend blkpr: every initiator's LU 0 named in our helper's device configuration.
+    let config = match sc.backend {
+        Backend::Sgio => None,
+        Backend::Blkpr => Some(
+            lio.devices
+                .iter()
+                .map(|per_lu| {
+                    format!(
+                        "[[device]]\npath = \"{}\"\nbackend = \"blkpr\"\n",
+                        per_lu[0].display()
+                    )
+                })
+                .collect::<String>(),
+        ),
+    };
+    helpers.push(Helper::start(first, bins, &sc.name, config.as_deref())?);
     paths.push((
         Way::Helper {
             socket: helpers[0].socket.clone(),
@@ -283,7 +298,7 @@ fn run_inner(
         Mode::Single => {}
         Mode::Parity => paths.push((Way::Direct, 1)),
         Mode::Differential => {
-            helpers.push(Helper::start(HelperKind::C, bins, &sc.name)?);
+            helpers.push(Helper::start(HelperKind::C, bins, &sc.name, None)?);
             paths.push((
                 Way::Helper {
                     socket: helpers[1].socket.clone(),
@@ -446,9 +461,16 @@ fn run_inner(
                     field("Seccomp:")
                 );
                 log.push(format!("{:<60} {got}", step.text));
-                let want = "Uid 65534 65534 65534 65534 Gid 65534 65534 65534 65534 \
-                            CapEff 0000000000020000 CapPrm 0000000000020000 \
-                            CapBnd 0000000000000000 NoNewPrivs 1 Seccomp 2";
+                // CAP_SYS_RAWIO (17), and CAP_SYS_ADMIN (21) with the block-layer backend,
+                // which Linux before 6.5 requires for IOC_PR_*.
+                let caps = match sc.backend {
+                    Backend::Sgio => "0000000000020000",
+                    Backend::Blkpr => "0000000000220000",
+                };
+                let want = format!(
+                    "Uid 65534 65534 65534 65534 Gid 65534 65534 65534 65534 \
+                     CapEff {caps} CapPrm {caps} CapBnd 0000000000000000 NoNewPrivs 1 Seccomp 2"
+                );
                 if got != want {
                     return Err(at(format!("privileges are {got}, expected {want}")));
                 }

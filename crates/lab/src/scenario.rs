@@ -7,6 +7,7 @@
 //! mode parity             # single | parity | differential
 //! helper ours             # single mode only: ours | c
 //! fabric loopback         # loopback (tcm_loop) | iscsi (open-iscsi over 127.0.0.1)
+//! backend blkpr           # our helper's backend for LU 0: sgio (default) | blkpr
 //!
 //! I1 register -n 0x1111                  => good
 //! I2 reserve -k 0x2222 -t ea             => conflict
@@ -47,6 +48,15 @@ pub enum Fabric {
     /// iSCSI over 127.0.0.1 with open-iscsi: one target, one session per initiator (iSCSI
     /// transport IDs). Needed for PREEMPT AND ABORT, which deadlocks LIO over tcm_loop.
     Iscsi,
+}
+
+/// The backend our helper uses for LU 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// SG_IO passthrough (no configuration).
+    Sgio,
+    /// The block-layer PR ioctls, configured per device with `--config`.
+    Blkpr,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,6 +125,7 @@ pub struct Scenario {
     pub mode: Mode,
     pub helper: HelperKind,
     pub fabric: Fabric,
+    pub backend: Backend,
     pub steps: Vec<Step>,
 }
 
@@ -193,6 +204,7 @@ pub fn parse(name: &str, text: &str, dir: Option<&Path>) -> Result<Scenario, Str
         mode: Mode::Single,
         helper: HelperKind::Ours,
         fabric: Fabric::Loopback,
+        backend: Backend::Sgio,
         steps: Vec::new(),
     };
     parse_into(&mut sc, name, text, dir, 0)?;
@@ -254,6 +266,14 @@ fn parse_into(
                     Some(&"loopback") => Fabric::Loopback,
                     Some(&"iscsi") => Fabric::Iscsi,
                     _ => return Err(at("expected fabric loopback or iscsi".into())),
+                };
+                continue;
+            }
+            "backend" => {
+                sc.backend = match words.get(1) {
+                    Some(&"sgio") => Backend::Sgio,
+                    Some(&"blkpr") => Backend::Blkpr,
+                    _ => return Err(at("expected backend sgio or blkpr".into())),
                 };
                 continue;
             }

@@ -7,6 +7,8 @@ use std::sync::Arc;
 use pr_proto::{Direction, Reply, RequestHeader};
 use pr_scsi::SenseCode;
 use pr_sys::device::{classify, is_read_only, DevNum, FileKind};
+use pr_sys::dm::DmControl;
+use tracing::{info, warn};
 
 use crate::{Backend, Device};
 
@@ -25,14 +27,28 @@ pub enum Route<'a> {
 /// The block major every NVMe namespace has (BLOCK_EXT_MAJOR: dynamically numbered disks).
 const BLOCK_EXT_MAJOR: u32 = 259;
 
+/// How dm-multipath maps are recognised, and who serves them.
+#[derive(Debug)]
+pub struct Multipath {
+    /// The block major of device-mapper devices.
+    pub dm_major: u32,
+    /// /dev/mapper/control, to ask a map's target type (needs CAP_SYS_ADMIN); None when
+    /// multipath support is unavailable.
+    pub control: Option<DmControl>,
+    /// The multipath backend, or why multipath support is unavailable.
+    pub backend: Result<Arc<dyn Backend>, String>,
+}
+
 /// Chooses a backend per device: a backend configured for the device's number; else, for a
-/// block device, the block-device default; else, for an NVMe namespace (which has no SG_IO),
-/// the NVMe backend when one is set; else the default (SG_IO passthrough).
+/// dm-multipath map, the multipath backend; else, for a block device, the block-device default;
+/// else, for an NVMe namespace (which has no SG_IO), the NVMe backend when one is set; else the
+/// default (SG_IO passthrough).
 #[derive(Debug, Clone)]
 pub struct Dispatcher {
     default: Arc<dyn Backend>,
     block_default: Option<Arc<dyn Backend>>,
     nvme: Option<Arc<dyn Backend>>,
+    multipath: Option<Arc<Multipath>>,
     devices: HashMap<DevNum, Arc<dyn Backend>>,
 }
 
@@ -43,6 +59,7 @@ impl Dispatcher {
             default,
             block_default: None,
             nvme: None,
+            multipath: None,
             devices: HashMap::new(),
         }
     }
@@ -60,6 +77,37 @@ impl Dispatcher {
         self
     }
 
+    /// Device-mapper devices are checked for a multipath target.
+    pub fn with_multipath(mut self, multipath: Multipath) -> Dispatcher {
+        self.multipath = Some(Arc::new(multipath));
+        self
+    }
+
+    /// The multipath backend if `dev` is a dm-multipath map and multipath support is active.
+    fn multipath_for(&self, dev: DevNum) -> Option<&Arc<dyn Backend>> {
+        let m = self.multipath.as_ref()?;
+        if dev.major != m.dm_major {
+            return None;
+        }
+        let (Some(control), Ok(backend)) = (&m.control, &m.backend) else {
+            if let Err(reason) = &m.backend {
+                info!(
+                    "device {dev} is a device-mapper device, and multipath support is \
+                     unavailable ({reason}): if it is a multipath map, SG_IO reaches one path only"
+                );
+            }
+            return None;
+        };
+        match control.target_type(dev) {
+            Ok(Some(t)) if t == "multipath" => Some(backend),
+            Ok(_) => None,
+            Err(e) => {
+                warn!("device {dev}: cannot read its device-mapper table ({e}); using SG_IO");
+                None
+            }
+        }
+    }
+
     /// The device with this number goes to `backend`.
     pub fn with_device(mut self, dev: DevNum, backend: Arc<dyn Backend>) -> Dispatcher {
         self.devices.insert(dev, backend);
@@ -72,6 +120,9 @@ impl Dispatcher {
             return b;
         }
         if let FileKind::Block(dev) = kind {
+            if let Some(b) = self.multipath_for(dev) {
+                return b;
+            }
             if let Some(b) = &self.block_default {
                 return b;
             }

@@ -10,6 +10,7 @@
 
 pub mod blkpr;
 pub mod dispatch;
+pub mod mpath;
 pub mod sgio;
 
 use std::os::fd::BorrowedFd;
@@ -65,6 +66,29 @@ impl BackendError {
     pub fn to_reply(&self) -> Reply {
         Reply::check_condition(self.sense_code().to_fixed())
     }
+}
+
+/// A command a backend answers itself without running it: the reply, and why, for the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub reply: Reply,
+    pub reason: String,
+}
+
+/// CHECK CONDITION with `sense`, and the reason for the log.
+pub(crate) fn refused(sense: [u8; pr_proto::SENSE_SIZE], reason: String) -> Box<Refusal> {
+    Box::new(Refusal {
+        reply: Reply::check_condition(sense),
+        reason,
+    })
+}
+
+/// ILLEGAL REQUEST, INVALID FIELD IN CDB, pointing at `byte`/`bit`.
+pub(crate) fn refuse_cdb(byte: u16, bit: u8, reason: impl Into<String>) -> Box<Refusal> {
+    refused(
+        SenseCode::INVALID_FIELD_IN_CDB.to_fixed_with_field_pointer(true, byte, Some(bit)),
+        reason.into(),
+    )
 }
 
 /// One pr-manager implementation.

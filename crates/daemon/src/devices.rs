@@ -15,6 +15,10 @@
 //! [[device]]
 //! dev = "8:32"                                              # or a device number
 //! backend = "sgio"
+//!
+//! # dm-multipath maps through libmpathpersist: "auto" (when device-mapper and multipath-tools
+//! # are present; the default) or "off"
+//! multipath = "auto"
 //! ```
 //!
 //! Paths are resolved to device numbers when pr-helper starts (the sandbox forbids opening
@@ -23,9 +27,9 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use pr_backend::blkpr::BlkPrBackend;
+use pr_backend::dispatch::Multipath;
 use pr_backend::sgio::SgIoBackend;
 use pr_backend::{Backend, Dispatcher};
 use pr_sys::device::{DevNum, SCSI_GENERIC_MAJOR};
@@ -58,11 +62,23 @@ pub enum DefaultBackend {
     Blkpr,
 }
 
+/// Whether dm-multipath maps are recognised and served through libmpathpersist.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MultipathMode {
+    /// When device-mapper and multipath-tools' libmpathpersist are present (the default).
+    #[default]
+    Auto,
+    Off,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileFormat {
     #[serde(default)]
     default: DefaultBackend,
+    #[serde(default)]
+    multipath: MultipathMode,
     #[serde(default, rename = "device")]
     devices: Vec<EntryFormat>,
 }
@@ -88,6 +104,7 @@ pub struct DeviceRule {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DeviceConfig {
     pub default: DefaultBackend,
+    pub multipath: MultipathMode,
     pub rules: Vec<DeviceRule>,
 }
 
@@ -200,6 +217,7 @@ impl DeviceConfig {
         }
         Ok(DeviceConfig {
             default: file.default,
+            multipath: file.multipath,
             rules,
         })
     }
@@ -211,9 +229,8 @@ impl DeviceConfig {
             || self.rules.iter().any(|r| r.backend == BackendName::Blkpr)
     }
 
-    /// The dispatcher this configuration describes.
-    pub fn dispatcher(&self, sgio_timeout: Duration) -> Dispatcher {
-        let sgio = SgIoBackend::new(sgio_timeout);
+    /// The dispatcher this configuration describes, with multipath support if started.
+    pub fn dispatcher(&self, sgio: SgIoBackend, multipath: Option<Multipath>) -> Dispatcher {
         let sgio_backend: Arc<dyn Backend> = Arc::new(sgio.clone());
         let blkpr_backend: Arc<dyn Backend> = Arc::new(BlkPrBackend::new(sgio));
         let mut d = Dispatcher::new(sgio_backend.clone());
@@ -230,6 +247,9 @@ impl DeviceConfig {
         .collect();
         for r in &self.rules {
             d = d.with_device(r.dev, by_name[&r.backend].clone());
+        }
+        if let Some(m) = multipath {
+            d = d.with_multipath(m);
         }
         d
     }

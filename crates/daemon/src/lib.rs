@@ -6,6 +6,7 @@ pub mod cli;
 pub mod devices;
 mod listener;
 mod logging;
+mod multipath;
 mod privileges;
 mod process;
 mod seccomp;
@@ -14,6 +15,7 @@ mod server;
 use std::sync::Arc;
 
 pub use cli::Config;
+use pr_backend::sgio::SgIoBackend;
 
 /// Why the daemon could not start or had to stop.
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +30,8 @@ pub enum DaemonError {
     Privileges(#[from] privileges::PrivilegeError),
     #[error("cannot install the seccomp filter: {0}")]
     Seccomp(#[from] seccomp::SeccompError),
+    #[error("cannot start multipath support: {0}")]
+    Multipath(#[source] std::io::Error),
     #[error("cannot start the runtime: {0}")]
     Runtime(#[source] std::io::Error),
 }
@@ -56,7 +60,23 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
     for line in config.devices.describe() {
         tracing::info!("{line}");
     }
-    privileges::drop_privileges(config.uid, config.gid, config.devices.configures_blkpr())?;
+    let multipath = multipath::prepare(config.devices.multipath);
+    match &multipath {
+        multipath::Prepared::Unavailable { .. } => tracing::warn!("{}", multipath.describe()),
+        _ => tracing::info!("{}", multipath.describe()),
+    }
+    privileges::drop_privileges(
+        config.uid,
+        config.gid,
+        config.devices.configures_blkpr() || multipath.is_active(),
+    )?;
+    let sgio = SgIoBackend::new(config.sgio_timeout);
+    let multipath = multipath
+        .start(sgio.clone(), config.seccomp)
+        .map_err(DaemonError::Multipath)?;
+    let dispatcher = Arc::new(config.devices.dispatcher(sgio, multipath));
+    // Before the runtime: its threads inherit the filter (the multipath thread has its own).
+    seccomp::install(config.seccomp)?;
     process::notify_ready();
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -66,9 +86,7 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         .enable_all()
         .build()
         .map_err(DaemonError::Runtime)?;
-    let dispatcher = Arc::new(config.devices.dispatcher(config.sgio_timeout));
     let result = runtime.block_on(async {
-        seccomp::install(config.seccomp)?;
         server::serve(listener, dispatcher, &config)
             .await
             .map_err(DaemonError::Runtime)

@@ -1,7 +1,11 @@
 //! The seccomp allow-list: the system calls the serving daemon makes, and nothing else.
-//! Installed on all threads (TSYNC) once the runtime exists; threads started later inherit it.
-//! ioctl is allowed only with the SG_IO, SG_GET_VERSION_NUM, block-layer PR (IOC_PR_*) and
-//! NVME_IOCTL_ID request numbers.
+//! Installed on the main thread before the runtime starts, so every thread started later
+//! inherits it. ioctl is allowed only with the SG_IO, SG_GET_VERSION_NUM, block-layer PR
+//! (IOC_PR_*), NVME_IOCTL_ID and DM_TABLE_STATUS request numbers.
+//!
+//! The multipath thread, which runs libmpathpersist, is started before that and installs its
+//! own, wider list: the library opens path devices, sysfs files and multipathd's socket and
+//! issues device-mapper and SCSI ioctls, so files may be opened and ioctl is unrestricted there.
 //!
 //! Opening files is never needed after start-up, but libc and std probe CPU and cgroup files
 //! from new threads (to size malloc arenas or thread pools). Those opens fail with EACCES — the
@@ -49,6 +53,8 @@ fn allowed() -> Vec<i64> {
         libc::SYS_memfd_create,
         libc::SYS_socket,
         libc::SYS_connect,
+        // The runtime's signal driver (created while the runtime starts).
+        libc::SYS_socketpair,
         // Event loop.
         libc::SYS_epoll_pwait,
         libc::SYS_epoll_pwait2,
@@ -122,6 +128,82 @@ fn deny_opens() -> Result<BpfProgram, SeccompError> {
         .map_err(|e: seccompiler::BackendError| err(&e))
 }
 
+/// What libmpathpersist and libmultipath need beyond the server's list (path discovery through
+/// sysfs and udev, device nodes, multipathd's socket, their own worker threads).
+fn multipath_extra() -> Vec<i64> {
+    let mut v = vec![
+        libc::SYS_readlinkat,
+        libc::SYS_getdents64,
+        libc::SYS_lseek,
+        libc::SYS_pread64,
+        libc::SYS_pwrite64,
+        libc::SYS_faccessat,
+        libc::SYS_faccessat2,
+        libc::SYS_uname,
+        libc::SYS_getuid,
+        libc::SYS_geteuid,
+        libc::SYS_getgid,
+        libc::SYS_getegid,
+        libc::SYS_getppid,
+        libc::SYS_ppoll,
+        libc::SYS_pselect6,
+        libc::SYS_prlimit64,
+        libc::SYS_setrlimit,
+        libc::SYS_getrlimit,
+        libc::SYS_sysinfo,
+        libc::SYS_fstatfs,
+        libc::SYS_statfs,
+        libc::SYS_dup,
+        libc::SYS_dup3,
+        libc::SYS_setsockopt,
+        libc::SYS_getpeername,
+        libc::SYS_bind,
+        libc::SYS_flock,
+        libc::SYS_getcwd,
+        libc::SYS_pipe2,
+        libc::SYS_timerfd_create,
+        libc::SYS_timerfd_settime,
+        libc::SYS_close_range,
+        libc::SYS_ioctl,
+    ];
+    #[cfg(target_arch = "x86_64")]
+    v.extend_from_slice(&[
+        libc::SYS_readlink,
+        libc::SYS_access,
+        libc::SYS_stat,
+        libc::SYS_lstat,
+        libc::SYS_select,
+        libc::SYS_dup2,
+        libc::SYS_pipe,
+        libc::SYS_getdents,
+    ]);
+    v
+}
+
+/// The multipath thread's filter: the server's list, files, unrestricted ioctl.
+fn multipath_program(mode: SeccompMode) -> Result<BpfProgram, SeccompError> {
+    let err = |e: &dyn std::fmt::Display| SeccompError(e.to_string());
+    let rules: BTreeMap<i64, Vec<SeccompRule>> = allowed()
+        .into_iter()
+        .chain(multipath_extra())
+        .map(|s| (s, vec![]))
+        .collect();
+    let arch = std::env::consts::ARCH.try_into().map_err(|e| err(&e))?;
+    let filter = SeccompFilter::new(rules, mismatch_action(mode), SeccompAction::Allow, arch)
+        .map_err(|e| err(&e))?;
+    filter
+        .try_into()
+        .map_err(|e: seccompiler::BackendError| err(&e))
+}
+
+fn mismatch_action(mode: SeccompMode) -> SeccompAction {
+    match mode {
+        SeccompMode::Kill => SeccompAction::KillProcess,
+        SeccompMode::Log => SeccompAction::Log,
+        SeccompMode::None => unreachable!("no program is built without seccomp"),
+    }
+}
+
 fn program(mode: SeccompMode) -> Result<BpfProgram, SeccompError> {
     let err = |e: &dyn std::fmt::Display| SeccompError(e.to_string());
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
@@ -135,16 +217,13 @@ fn program(mode: SeccompMode) -> Result<BpfProgram, SeccompError> {
         ioctl_rule(SG_IO)?,
         ioctl_rule(SG_GET_VERSION_NUM)?,
         ioctl_rule(pr_sys::blkpr::NVME_IOCTL_ID)?,
+        ioctl_rule(pr_sys::dm::DM_TABLE_STATUS)?,
     ];
     for req in pr_sys::blkpr::ALL_REQUESTS {
         ioctls.push(ioctl_rule(req)?);
     }
     rules.insert(libc::SYS_ioctl, ioctls);
-    let mismatch = match mode {
-        SeccompMode::Kill => SeccompAction::KillProcess,
-        SeccompMode::Log => SeccompAction::Log,
-        SeccompMode::None => unreachable!("no program is built without seccomp"),
-    };
+    let mismatch = mismatch_action(mode);
     let arch = std::env::consts::ARCH.try_into().map_err(|e| err(&e))?;
     let filter =
         SeccompFilter::new(rules, mismatch, SeccompAction::Allow, arch).map_err(|e| err(&e))?;
@@ -153,6 +232,8 @@ fn program(mode: SeccompMode) -> Result<BpfProgram, SeccompError> {
         .map_err(|e: seccompiler::BackendError| err(&e))
 }
 
+/// Installs the server's filters on the calling thread (the main thread, before the runtime
+/// starts its threads, which inherit them).
 pub fn install(mode: SeccompMode) -> Result<(), SeccompError> {
     if mode == SeccompMode::None {
         tracing::warn!("seccomp filter disabled (--seccomp=none)");
@@ -161,10 +242,19 @@ pub fn install(mode: SeccompMode) -> Result<(), SeccompError> {
     let prog = program(mode)?;
     let opens = deny_opens()?;
     // The open filter goes first: once the allow-list is in, seccomp(2) itself is forbidden.
-    seccompiler::apply_filter_all_threads(&opens).map_err(|e| SeccompError(e.to_string()))?;
-    seccompiler::apply_filter_all_threads(&prog).map_err(|e| SeccompError(e.to_string()))?;
+    seccompiler::apply_filter(&opens).map_err(|e| SeccompError(e.to_string()))?;
+    seccompiler::apply_filter(&prog).map_err(|e| SeccompError(e.to_string()))?;
     tracing::debug!("seccomp filter installed ({mode:?} on other syscalls)");
     Ok(())
+}
+
+/// Installs the multipath thread's filter on the calling thread.
+pub fn install_multipath_thread(mode: SeccompMode) -> Result<(), SeccompError> {
+    if mode == SeccompMode::None {
+        return Ok(());
+    }
+    let prog = multipath_program(mode)?;
+    seccompiler::apply_filter(&prog).map_err(|e| SeccompError(e.to_string()))
 }
 
 #[cfg(test)]
@@ -176,5 +266,6 @@ mod tests {
         assert!(!program(SeccompMode::Kill).unwrap().is_empty());
         assert!(!program(SeccompMode::Log).unwrap().is_empty());
         assert!(!deny_opens().unwrap().is_empty());
+        assert!(!multipath_program(SeccompMode::Kill).unwrap().is_empty());
     }
 }

@@ -61,6 +61,19 @@ fn drops_to_nobody_with_only_cap_sys_rawio_and_still_serves() {
     let dev = lo.open(false);
     let a = h.connect().request(&pr_in(0, 64), dev.as_fd(), &[]);
     assert_eq!((a.status(), a.sense_code()), (2, (0x05, 0x24, 0x00)));
+    // Every thread — the runtime's workers and the blocking pool that just ran SG_IO — runs
+    // under the filter and with the same capabilities (the filter is installed before the
+    // runtime starts its threads, which inherit it).
+    let tasks: Vec<_> = std::fs::read_dir(format!("/proc/{}/task", h.pid()))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(tasks.len() >= 2, "expected runtime threads, found {tasks:?}");
+    for t in tasks {
+        let st = std::fs::read_to_string(t.join("status")).unwrap();
+        assert_eq!(status_field(&st, "Seccomp"), "2", "{}", t.display());
+        assert_eq!(status_field(&st, "CapEff"), ONLY_SYS_RAWIO, "{}", t.display());
+    }
 }
 
 #[test]

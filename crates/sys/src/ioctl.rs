@@ -1,4 +1,5 @@
-//! Raw ioctl calls. The only module with `unsafe` in the project.
+//! Raw ioctl and FFI calls (SG_IO, the block-layer PR ioctls, device-mapper, libmpathpersist).
+//! The only module with `unsafe` in the project.
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
@@ -163,4 +164,154 @@ pub(crate) fn set_malloc_arena_max(arenas: i32) -> bool {
     // SAFETY: mallopt only changes allocator tunables; M_ARENA_MAX takes any positive int. It
     // is called at start-up, before the runtime's threads exist.
     unsafe { libc::mallopt(libc::M_ARENA_MAX, arenas) == 1 }
+}
+
+/// Issues a device-mapper ioctl on /dev/mapper/control with a header-plus-data buffer.
+pub(crate) fn dm(
+    control: BorrowedFd<'_>,
+    request: u64,
+    buf: &mut crate::dm::DmBuffer,
+) -> io::Result<()> {
+    // SAFETY: `buf` is an exclusively borrowed `struct dm_ioctl` (312 bytes, size assertion)
+    // followed by its data area in one allocation; `data_size` in the header is the size of the
+    // whole buffer, which bounds what the kernel reads and writes. The request numbers passed
+    // (DM_VERSION, DM_TABLE_STATUS) take exactly this layout. The fd is borrowed, hence open.
+    let r = unsafe {
+        libc::ioctl(
+            control.as_raw_fd(),
+            request as libc::c_ulong,
+            buf as *mut crate::dm::DmBuffer,
+        )
+    };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+type MpathInitFn = unsafe extern "C" fn() -> libc::c_int;
+type MpathPrinFn = unsafe extern "C" fn(
+    libc::c_int,
+    libc::c_int,
+    *mut crate::mpath::PrinResp,
+    libc::c_int,
+    libc::c_int,
+) -> libc::c_int;
+type MpathProutFn = unsafe extern "C" fn(
+    libc::c_int,
+    libc::c_int,
+    libc::c_int,
+    libc::c_uint,
+    *mut crate::mpath::ProutParam,
+    libc::c_int,
+    libc::c_int,
+) -> libc::c_int;
+
+/// libmpathpersist's entry points, valid while `_lib` stays loaded.
+pub(crate) struct MpathFns {
+    _lib: libloading::Library,
+    init: MpathInitFn,
+    prin: MpathPrinFn,
+    prout: MpathProutFn,
+}
+
+impl std::fmt::Debug for MpathFns {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("libmpathpersist")
+    }
+}
+
+/// Loads libmpathpersist and resolves the functions of its ≥ 0.8.6 API.
+pub(crate) fn mpath_load(soname: &str) -> Result<MpathFns, String> {
+    // SAFETY: loading runs the library's initialisers; libmpathpersist's and its dependencies'
+    // (libmultipath, libdevmapper) only set up their own state. It happens at start-up, on one
+    // thread, before the sandbox.
+    let lib = unsafe { libloading::Library::new(soname) }
+        .map_err(|e| format!("cannot load {soname}: {e}"))?;
+    let missing = |name: &str, e: libloading::Error| {
+        format!("{soname} lacks {name} (multipath-tools 0.8.6 or later is required): {e}")
+    };
+    // SAFETY: the symbols are resolved with the C signatures of <mpath_persist.h> for the
+    // 0.8.6+ API (libmpathpersist_init, mpath_persistent_reserve_in/out); the fn pointers are
+    // kept only together with the Library that owns the code they point to.
+    let (init, prin, prout) = unsafe {
+        let init: MpathInitFn = *lib
+            .get::<MpathInitFn>(b"libmpathpersist_init\0")
+            .map_err(|e| missing("libmpathpersist_init", e))?;
+        let prin: MpathPrinFn = *lib
+            .get::<MpathPrinFn>(b"mpath_persistent_reserve_in\0")
+            .map_err(|e| missing("mpath_persistent_reserve_in", e))?;
+        let prout: MpathProutFn = *lib
+            .get::<MpathProutFn>(b"mpath_persistent_reserve_out\0")
+            .map_err(|e| missing("mpath_persistent_reserve_out", e))?;
+        (init, prin, prout)
+    };
+    // SAFETY: `mpath_mx_alloc_len` is an `unsigned int` the library exports; writing it before
+    // any other thread uses the library sets the PR IN allocation length it asks devices for.
+    unsafe {
+        if let Ok(len) = lib.get::<*mut libc::c_uint>(b"mpath_mx_alloc_len\0") {
+            **len = crate::mpath::MAX_PARAM_LEN as libc::c_uint;
+        }
+    }
+    Ok(MpathFns {
+        _lib: lib,
+        init,
+        prin,
+        prout,
+    })
+}
+
+/// `libmpathpersist_init()`.
+pub(crate) fn mpath_init(fns: &MpathFns) -> i32 {
+    // SAFETY: takes no arguments; called once, from the thread that owns the library.
+    unsafe { (fns.init)() }
+}
+
+/// `mpath_persistent_reserve_in(fd, sa, resp, noisy = 0, verbose = 0)`.
+pub(crate) fn mpath_prin(
+    fns: &MpathFns,
+    fd: BorrowedFd<'_>,
+    service_action: u8,
+    resp: &mut crate::mpath::PrinResp,
+) -> i32 {
+    // SAFETY: `resp` is an exclusively borrowed `struct prin_resp` (8200 bytes, size assertion)
+    // that outlives the call; the library writes at most mpath_mx_alloc_len (8192) bytes of
+    // device data into it. The fd is borrowed, hence open. Only the owning thread calls this.
+    unsafe {
+        (fns.prin)(
+            fd.as_raw_fd(),
+            libc::c_int::from(service_action),
+            resp,
+            0,
+            0,
+        )
+    }
+}
+
+/// `mpath_persistent_reserve_out(fd, sa, scope, type, param, noisy = 0, verbose = 0)`.
+pub(crate) fn mpath_prout(
+    fns: &MpathFns,
+    fd: BorrowedFd<'_>,
+    service_action: u8,
+    scope: u8,
+    rtype: u8,
+    param: &mut crate::mpath::ProutParam,
+) -> i32 {
+    // SAFETY: `param` is an exclusively borrowed `struct prout_param_descriptor` (layout asserted
+    // field by field) whose `trnptid_list` holds `num_transportid` (≤ 32, the array's length)
+    // pointers to TransportIDs the caller keeps alive across the call; the library reads them
+    // and writes only into `private_buffer`. The fd is borrowed, hence open. Only the owning
+    // thread calls this.
+    unsafe {
+        (fns.prout)(
+            fd.as_raw_fd(),
+            libc::c_int::from(service_action),
+            libc::c_int::from(scope),
+            libc::c_uint::from(rtype),
+            param,
+            0,
+            0,
+        )
+    }
 }

@@ -7,7 +7,9 @@
 pub mod activation;
 pub mod blkpr;
 pub mod device;
+pub mod dm;
 mod ioctl;
+pub mod mpath;
 pub mod process;
 pub mod scm;
 pub mod sgio;

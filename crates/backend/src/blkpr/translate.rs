@@ -63,30 +63,7 @@ pub enum BlockCommand {
     ReadFullStatus,
 }
 
-/// A command the block layer cannot express: the reply, and why, for the log.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Refusal {
-    pub reply: Reply,
-    pub reason: String,
-}
-
-fn refused(sense: [u8; pr_proto::SENSE_SIZE], reason: String) -> Box<Refusal> {
-    Box::new(Refusal {
-        reply: Reply::check_condition(sense),
-        reason,
-    })
-}
-
-fn refuse_cdb(byte: u16, bit: u8, reason: impl Into<String>) -> Box<Refusal> {
-    Box::new(Refusal {
-        reply: Reply::check_condition(SenseCode::INVALID_FIELD_IN_CDB.to_fixed_with_field_pointer(
-            true,
-            byte,
-            Some(bit),
-        )),
-        reason: reason.into(),
-    })
-}
+use crate::{refuse_cdb, refused, Refusal};
 
 fn refuse_param(bit: u8, reason: impl Into<String>) -> Box<Refusal> {
     Box::new(Refusal {

@@ -1,6 +1,7 @@
 #!/bin/bash
 # Runs inside the lab guest (a chroot of the host's root, read-only, with tmpfs on /run and
-# /tmp): the scenario files under lab/scenarios through pr-lab, then the nested-QEMU scenario.
+# /tmp): the scenario files under lab/scenarios through pr-lab, then the nested-QEMU scenario,
+# then the multipath scenario.
 # Prints PASS/FAIL lines and a closing "LAB-RESULT <passed> <failed>" for lab/run.
 set -u
 TOP=$(cd "$(dirname "$0")/.." && pwd)
@@ -16,5 +17,10 @@ grep -q '^LAB-SCENARIOS ' $out || { echo "FAIL pr-lab did not finish"; fail=$((f
 # The nested-QEMU client scenario.
 bash $TOP/lab/nested.sh 2>&1 | tee /run/lab-nested.out
 pass=$((pass + $(grep -c '^PASS ' /run/lab-nested.out))); fail=$((fail + $(grep -c '^FAIL ' /run/lab-nested.out)))
+# Multipath last: it loads device-mapper, after which our daemon keeps CAP_SYS_ADMIN.
+mkdir -p /run/lab
+bash $TOP/lab/multipath.sh 2>&1 | tee /run/lab-multipath.out
+pass=$((pass + $(grep -c '^PASS ' /run/lab-multipath.out))); fail=$((fail + $(grep -c '^FAIL ' /run/lab-multipath.out)))
+grep -q '^PASS multipath: no registrations remain' /run/lab-multipath.out || { echo "FAIL multipath: the scenario did not finish"; fail=$((fail+1)); }
 [ $fail = 0 ] || dmesg | grep -iE "SPC-3|target_core|tcm_loop|aptpl|reservation|blocked|Call Trace" | tail -40 | sed 's/^/lab-dmesg: /'
 echo "LAB-RESULT $pass $fail"

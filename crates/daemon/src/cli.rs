@@ -17,7 +17,8 @@ QEMU connects with:  -object pr-manager-helper,id=pr0,path=SOCKET
 and a device with:   -blockdev ...,file.pr-manager=pr0 -device scsi-block,...
 libvirt (managed mode) runs `pr-helper -k <per-VM socket>`; set pr_helper in qemu.conf.
 
-Started as root, pr-helper listens, then keeps only CAP_SYS_RAWIO, switches to --user/--group,
+Started as root, pr-helper listens, then keeps only CAP_SYS_RAWIO (and CAP_SYS_ADMIN when the
+block-layer or multipath backend needs it), switches to --user/--group,
 drops supplementary groups, clears the capability bounding set and installs a seccomp filter.
 Under systemd it accepts one socket-activated listener (LISTEN_FDS=1) and reports READY=1.
 
@@ -83,8 +84,10 @@ pub struct Cli {
     pub io_timeout: u32,
 
     /// Device configuration (TOML): the backend per device (SG_IO passthrough or the block-layer
-    /// PR ioctls) and for devices it does not name. Without it: SG_IO, and the block-layer
-    /// ioctls for NVMe namespaces. Format in docs/backends.md.
+    /// PR ioctls), for devices it does not name, and whether dm-multipath maps go through
+    /// libmpathpersist. Without it: SG_IO, the block-layer ioctls for NVMe namespaces, and
+    /// libmpathpersist for multipath maps when device-mapper and multipath-tools are present.
+    /// Format in docs/backends.md.
     #[arg(long = "config", value_name = "FILE")]
     pub config: Option<PathBuf>,
 

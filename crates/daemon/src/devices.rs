@@ -7,6 +7,9 @@
 //! #   "sgio"   SG_IO passthrough for every device
 //! #   "blkpr"  the block-layer PR ioctls for every block device (sg devices keep SG_IO)
 //! default = "auto"
+//! # dm-multipath maps through libmpathpersist: "auto" (when device-mapper and multipath-tools
+//! # are present; the default) or "off"
+//! multipath = "auto"
 //!
 //! [[device]]
 //! path = "/dev/disk/by-id/dm-uuid-mpath-36001405abcdef"   # resolved once, at start-up
@@ -15,10 +18,6 @@
 //! [[device]]
 //! dev = "8:32"                                              # or a device number
 //! backend = "sgio"
-//!
-//! # dm-multipath maps through libmpathpersist: "auto" (when device-mapper and multipath-tools
-//! # are present; the default) or "off"
-//! multipath = "auto"
 //! ```
 //!
 //! Paths are resolved to device numbers when pr-helper starts (the sandbox forbids opening
@@ -306,6 +305,18 @@ mod tests {
         );
         assert!(c.configures_blkpr());
         assert!(parse("default = \"blkpr\"").unwrap().configures_blkpr());
+    }
+
+    #[test]
+    fn multipath_switch() {
+        assert_eq!(parse("").unwrap().multipath, MultipathMode::Auto);
+        let c = parse("default = \"sgio\"\nmultipath = \"off\"\n").unwrap();
+        assert_eq!(c.multipath, MultipathMode::Off);
+        let e = parse("multipath = \"yes\"").unwrap_err();
+        assert!(
+            e.contains("unknown variant `yes`, expected `auto` or `off`"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -165,6 +165,13 @@ fn multipath_extra() -> Vec<i64> {
         libc::SYS_timerfd_settime,
         libc::SYS_close_range,
         libc::SYS_ioctl,
+        // libdevmapper's udev synchronisation (SysV semaphores), libmultipath's timeouts and
+        // its run-time directory.
+        libc::SYS_semget,
+        libc::SYS_semop,
+        libc::SYS_semctl,
+        libc::SYS_semtimedop,
+        libc::SYS_mkdirat,
     ];
     #[cfg(target_arch = "x86_64")]
     v.extend_from_slice(&[
@@ -176,6 +183,8 @@ fn multipath_extra() -> Vec<i64> {
         libc::SYS_dup2,
         libc::SYS_pipe,
         libc::SYS_getdents,
+        libc::SYS_alarm,
+        libc::SYS_mkdir,
     ]);
     v
 }

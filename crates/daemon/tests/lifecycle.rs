@@ -68,11 +68,19 @@ fn drops_to_nobody_with_only_cap_sys_rawio_and_still_serves() {
         .unwrap()
         .map(|e| e.unwrap().path())
         .collect();
-    assert!(tasks.len() >= 2, "expected runtime threads, found {tasks:?}");
+    assert!(
+        tasks.len() >= 2,
+        "expected runtime threads, found {tasks:?}"
+    );
     for t in tasks {
         let st = std::fs::read_to_string(t.join("status")).unwrap();
         assert_eq!(status_field(&st, "Seccomp"), "2", "{}", t.display());
-        assert_eq!(status_field(&st, "CapEff"), ONLY_SYS_RAWIO, "{}", t.display());
+        assert_eq!(
+            status_field(&st, "CapEff"),
+            ONLY_SYS_RAWIO,
+            "{}",
+            t.display()
+        );
     }
 }
 

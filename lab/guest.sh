@@ -1,7 +1,7 @@
 #!/bin/bash
 # Runs inside the lab guest (a chroot of the host's root, read-only, with tmpfs on /run and
 # /tmp): the scenario files under lab/scenarios through pr-lab, then the nested-QEMU scenario,
-# then the multipath scenario.
+# the NVMe checks, then the multipath scenario.
 # Prints PASS/FAIL lines and a closing "LAB-RESULT <passed> <failed>" for lab/run.
 set -u
 TOP=$(cd "$(dirname "$0")/.." && pwd)
@@ -17,8 +17,11 @@ grep -q '^LAB-SCENARIOS ' $out || { echo "FAIL pr-lab did not finish"; fail=$((f
 # The nested-QEMU client scenario.
 bash $TOP/lab/nested.sh 2>&1 | tee /run/lab-nested.out
 pass=$((pass + $(grep -c '^PASS ' /run/lab-nested.out))); fail=$((fail + $(grep -c '^FAIL ' /run/lab-nested.out)))
-# Multipath last: it loads device-mapper, after which our daemon keeps CAP_SYS_ADMIN.
 mkdir -p /run/lab
+# NVMe: the block-layer backend chosen by itself.
+bash $TOP/lab/nvme.sh 2>&1 | tee /run/lab-nvme.out
+pass=$((pass + $(grep -c '^PASS ' /run/lab-nvme.out))); fail=$((fail + $(grep -c '^FAIL ' /run/lab-nvme.out)))
+# Multipath last: it loads device-mapper, after which our daemon keeps CAP_SYS_ADMIN.
 bash $TOP/lab/multipath.sh 2>&1 | tee /run/lab-multipath.out
 pass=$((pass + $(grep -c '^PASS ' /run/lab-multipath.out))); fail=$((fail + $(grep -c '^FAIL ' /run/lab-multipath.out)))
 grep -q '^PASS multipath: no registrations remain' /run/lab-multipath.out || { echo "FAIL multipath: the scenario did not finish"; fail=$((fail+1)); }

@@ -18,6 +18,10 @@ use crate::sgio::{reply_from_sg_io, SgIoBackend};
 use crate::{Backend, BackendError, Device, PrRequest};
 use translate::{MpathCommand, Outcome};
 
+/// Longest wait for one library call, queueing included: it runs SG_IO on every path (the
+/// library's own timeout is 2 s per command, with retries) and talks to multipathd.
+const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
 enum Work {
     In(u8),
     Out(ProutRequest),
@@ -109,9 +113,15 @@ impl MpathBackend {
             .map_err(|_| unavailable("the multipath thread's queue is poisoned".into()))?
             .send(Job { fd, work, done })
             .map_err(|_| unavailable("the multipath thread has stopped".into()))?;
-        answer
-            .recv()
-            .map_err(|_| unavailable("the multipath thread has stopped".into()))
+        answer.recv_timeout(CALL_TIMEOUT).map_err(|e| match e {
+            mpsc::RecvTimeoutError::Timeout => unavailable(format!(
+                "libmpathpersist has not answered within {} s (a path or multipathd hangs?)",
+                CALL_TIMEOUT.as_secs()
+            )),
+            mpsc::RecvTimeoutError::Disconnected => {
+                unavailable("the multipath thread has stopped".into())
+            }
+        })
     }
 
     /// The reply for a library return code; for a CHECK CONDITION whose sense the library kept,

@@ -91,6 +91,28 @@ pub(crate) fn refuse_cdb(byte: u16, bit: u8, reason: impl Into<String>) -> Box<R
     )
 }
 
+/// The CDB and service action of a PR OUT for a backend that cannot carry REGISTER AND MOVE or
+/// REPLACE LOST RESERVATION: those, and reserved codes, are refused (INVALID FIELD IN CDB at byte
+/// 1 bit 4); `why` completes the log line ("has no block-layer ioctl").
+pub(crate) fn pr_out_without_move(
+    header: &pr_proto::RequestHeader,
+    why: &str,
+) -> Result<(pr_scsi::PrOutCdb, pr_scsi::ServiceActionOut), Box<Refusal>> {
+    use pr_scsi::ServiceActionOut;
+    let cdb =
+        pr_scsi::PrOutCdb::parse(&header.cdb).map_err(|e| refused(e.sense(), e.to_string()))?;
+    let sa = cdb
+        .service_action()
+        .map_err(|e| refused(e.sense(), e.to_string()))?;
+    if matches!(
+        sa,
+        ServiceActionOut::RegisterAndMove | ServiceActionOut::ReplaceLostReservation
+    ) {
+        return Err(refuse_cdb(1, 4, format!("{} {why}", sa.name())));
+    }
+    Ok((cdb, sa))
+}
+
 /// One pr-manager implementation.
 pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
     /// Short name for logs and configuration (`sgio`, `mpath`, `blkpr`, `emulate`).

@@ -131,7 +131,7 @@ pub fn register(
         flags: if ignore_key { PR_FL_IGNORE_KEY } else { 0 },
         pad: 0,
     };
-    ioctl::pr_write(fd, IOC_PR_REGISTER, &mut arg)
+    ioctl::pr_ioctl(fd, IOC_PR_REGISTER, &mut arg)
 }
 
 /// IOC_PR_RESERVE.
@@ -141,7 +141,7 @@ pub fn reserve(fd: BorrowedFd<'_>, key: u64, rtype: u32) -> io::Result<i32> {
         rtype,
         flags: 0,
     };
-    ioctl::pr_write(fd, IOC_PR_RESERVE, &mut arg)
+    ioctl::pr_ioctl(fd, IOC_PR_RESERVE, &mut arg)
 }
 
 /// IOC_PR_RELEASE.
@@ -151,7 +151,7 @@ pub fn release(fd: BorrowedFd<'_>, key: u64, rtype: u32) -> io::Result<i32> {
         rtype,
         flags: 0,
     };
-    ioctl::pr_write(fd, IOC_PR_RELEASE, &mut arg)
+    ioctl::pr_ioctl(fd, IOC_PR_RELEASE, &mut arg)
 }
 
 /// IOC_PR_PREEMPT or IOC_PR_PREEMPT_ABORT: `key` is the caller's, `victim` the preempted one.
@@ -173,7 +173,7 @@ pub fn preempt(
     } else {
         IOC_PR_PREEMPT
     };
-    ioctl::pr_write(fd, request, &mut arg)
+    ioctl::pr_ioctl(fd, request, &mut arg)
 }
 
 /// IOC_PR_CLEAR.
@@ -183,7 +183,7 @@ pub fn clear(fd: BorrowedFd<'_>, key: u64) -> io::Result<i32> {
         flags: 0,
         pad: 0,
     };
-    ioctl::pr_write(fd, IOC_PR_CLEAR, &mut arg)
+    ioctl::pr_ioctl(fd, IOC_PR_CLEAR, &mut arg)
 }
 
 /// What IOC_PR_READ_KEYS returned.
@@ -229,7 +229,7 @@ pub struct HeldReservation {
 /// IOC_PR_READ_RESERVATION.
 pub fn read_reservation(fd: BorrowedFd<'_>) -> io::Result<HeldReservation> {
     let mut arg = PrReadReservation::default();
-    let result = ioctl::pr_read(fd, IOC_PR_READ_RESERVATION, &mut arg)?;
+    let result = ioctl::pr_ioctl(fd, IOC_PR_READ_RESERVATION, &mut arg)?;
     Ok(HeldReservation {
         result,
         key: arg.key,

@@ -64,24 +64,13 @@ impl PrArg for PrPreempt {}
 impl PrArg for PrClear {}
 impl PrArg for PrReadReservation {}
 
-/// Issues a block-layer PR ioctl whose argument is a fixed-size struct the kernel reads.
-pub(crate) fn pr_write<T: PrArg>(fd: BorrowedFd<'_>, request: u64, arg: &mut T) -> io::Result<i32> {
+/// Issues a block-layer PR ioctl whose argument is a fixed-size struct the kernel reads or
+/// writes.
+pub(crate) fn pr_ioctl<T: PrArg>(fd: BorrowedFd<'_>, request: u64, arg: &mut T) -> io::Result<i32> {
     // SAFETY: `arg` is an exclusively borrowed, aligned struct whose size equals the size
     // encoded in `request` (the callers pair each IOC_PR_* number with its own struct, and the
-    // structs have size assertions), so the kernel's copy_from_user stays inside it. It holds
-    // no pointers. The fd is borrowed, hence open.
-    let r = unsafe { libc::ioctl(fd.as_raw_fd(), request as libc::c_ulong, arg as *mut T) };
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(r)
-    }
-}
-
-/// Issues a block-layer PR ioctl whose fixed-size struct the kernel writes.
-pub(crate) fn pr_read<T: PrArg>(fd: BorrowedFd<'_>, request: u64, arg: &mut T) -> io::Result<i32> {
-    // SAFETY: as for `pr_write`; the kernel's copy_to_user writes at most size_of::<T>() bytes
-    // (the size encoded in `request`) into the exclusively borrowed `arg`.
+    // structs have size assertions), so the kernel's copy_from_user/copy_to_user stay inside it.
+    // It holds no pointers. The fd is borrowed, hence open.
     let r = unsafe { libc::ioctl(fd.as_raw_fd(), request as libc::c_ulong, arg as *mut T) };
     if r < 0 {
         Err(io::Error::last_os_error())

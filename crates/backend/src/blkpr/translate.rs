@@ -20,9 +20,7 @@
 use pr_proto::{Direction, Reply, RequestHeader};
 use pr_scsi::param::BasicParameters;
 use pr_scsi::prin::{type_mask_bit, Capabilities};
-use pr_scsi::{
-    PrInCdb, PrOutCdb, ReservationType, SenseCode, ServiceActionIn, ServiceActionOut, Status,
-};
+use pr_scsi::{PrInCdb, ReservationType, SenseCode, ServiceActionIn, ServiceActionOut, Status};
 use pr_sys::blkpr::pr_type;
 
 use crate::sgio::mapping;
@@ -63,7 +61,8 @@ pub enum BlockCommand {
     ReadFullStatus,
 }
 
-use crate::{refuse_cdb, refused, Refusal};
+use crate::sgio::mapping::reply_of;
+use crate::{pr_out_without_move, refuse_cdb, refused, Refusal};
 
 fn refuse_param(bit: u8, reason: impl Into<String>) -> Box<Refusal> {
     Box::new(Refusal {
@@ -125,20 +124,7 @@ fn translate_in(header: &RequestHeader) -> Result<BlockCommand, Box<Refusal>> {
 }
 
 fn translate_out(header: &RequestHeader, parameters: &[u8]) -> Result<BlockCommand, Box<Refusal>> {
-    let cdb = PrOutCdb::parse(&header.cdb).map_err(|e| refused(e.sense(), e.to_string()))?;
-    let sa = cdb
-        .service_action()
-        .map_err(|e| refused(e.sense(), e.to_string()))?;
-    if matches!(
-        sa,
-        ServiceActionOut::RegisterAndMove | ServiceActionOut::ReplaceLostReservation
-    ) {
-        return Err(refuse_cdb(
-            1,
-            4,
-            format!("{} has no block-layer ioctl", sa.name()),
-        ));
-    }
+    let (cdb, sa) = pr_out_without_move(header, "has no block-layer ioctl")?;
     let p = BasicParameters::parse(parameters).map_err(|e| refused(e.sense(), e.to_string()))?;
     if p.spec_i_pt {
         return Err(refuse_param(
@@ -276,18 +262,7 @@ pub fn reply_from_status(result: i32) -> Reply {
             ),
         }
     };
-    match code {
-        Some(c) => Reply {
-            status,
-            sense: c.to_fixed(),
-            data: Vec::new(),
-        },
-        None => Reply {
-            status,
-            sense: [0; pr_proto::SENSE_SIZE],
-            data: Vec::new(),
-        },
-    }
+    reply_of((status, code))
 }
 
 /// How an ioctl errno is answered, or None when the daemon should treat it as a failure to
@@ -299,21 +274,7 @@ pub fn reply_from_errno(errno: i32) -> Option<Reply> {
         libc::EOPNOTSUPP | libc::ENOTTY => Some(Reply::check_condition(
             SenseCode::INVALID_COMMAND_OPERATION_CODE.to_fixed(),
         )),
-        e => {
-            let (status, code) = mapping::from_errno(e);
-            Some(match code {
-                Some(c) => Reply {
-                    status,
-                    sense: c.to_fixed(),
-                    data: Vec::new(),
-                },
-                None => Reply {
-                    status,
-                    sense: [0; pr_proto::SENSE_SIZE],
-                    data: Vec::new(),
-                },
-            })
-        }
+        e => Some(reply_of(mapping::from_errno(e))),
     }
 }
 

@@ -11,15 +11,15 @@
 //!
 //! Pure: no descriptors, no library calls.
 
-use pr_proto::{Direction, Reply, RequestHeader, SENSE_SIZE};
+use pr_proto::{Direction, Reply, RequestHeader};
 use pr_scsi::param::BasicParameters;
 use pr_scsi::transport_id::TransportId;
-use pr_scsi::{PrInCdb, PrOutCdb, SenseCode, ServiceActionIn, ServiceActionOut, Status};
+use pr_scsi::{PrInCdb, SenseCode, ServiceActionIn, Status};
 use pr_sys::mpath::{
     status, PrinResp, ProutRequest, TransportIdC, MAX_PARAM_LEN, MAX_TRANSPORT_IDS,
 };
 
-use crate::{refuse_cdb, refused, Refusal};
+use crate::{pr_out_without_move, refused, Refusal};
 
 /// What to do with a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,20 +50,7 @@ pub fn translate(header: &RequestHeader, parameters: &[u8]) -> Result<MpathComma
 }
 
 fn translate_out(header: &RequestHeader, parameters: &[u8]) -> Result<MpathCommand, Box<Refusal>> {
-    let cdb = PrOutCdb::parse(&header.cdb).map_err(|e| refused(e.sense(), e.to_string()))?;
-    let sa = cdb
-        .service_action()
-        .map_err(|e| refused(e.sense(), e.to_string()))?;
-    if matches!(
-        sa,
-        ServiceActionOut::RegisterAndMove | ServiceActionOut::ReplaceLostReservation
-    ) {
-        return Err(refuse_cdb(
-            1,
-            4,
-            format!("{} cannot be expressed to libmpathpersist", sa.name()),
-        ));
-    }
+    let (cdb, sa) = pr_out_without_move(header, "cannot be expressed to libmpathpersist")?;
     let p = BasicParameters::parse(parameters).map_err(|e| refused(e.sense(), e.to_string()))?;
     if p.transport_ids.len() > MAX_TRANSPORT_IDS {
         return Err(refused(
@@ -177,11 +164,7 @@ pub fn outcome(r: i32) -> Outcome {
         status::SENSE_INVALID_OP => check(SenseCode::INVALID_COMMAND_OPERATION_CODE),
         status::ILLEGAL_REQ => check(SenseCode::INVALID_FIELD_IN_PARAMETER_LIST),
         status::NO_SENSE => check(SenseCode::NO_SENSE),
-        status::RESERV_CONFLICT => Outcome::Reply(Reply {
-            status: Status::RESERVATION_CONFLICT,
-            sense: [0; SENSE_SIZE],
-            data: Vec::new(),
-        }),
+        status::RESERV_CONFLICT => Outcome::Reply(Reply::status(Status::RESERVATION_CONFLICT)),
         _ => check(SenseCode::LOGICAL_UNIT_COMMUNICATION_FAILURE),
     }
 }

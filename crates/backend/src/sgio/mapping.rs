@@ -27,6 +27,15 @@ mod host {
 /// A status, and the sense to build when it is CHECK CONDITION.
 type Outcome = (Status, Option<SenseCode>);
 
+/// The reply for an outcome: CHECK CONDITION carries the built sense, other statuses none.
+pub fn reply_of((status, code): Outcome) -> Reply {
+    Reply {
+        status,
+        sense: code.map_or([0; SENSE_SIZE], |c| c.to_fixed()),
+        data: Vec::new(),
+    }
+}
+
 /// What an SG_IO errno means (QEMU `scsi_sense_from_errno`).
 pub fn from_errno(errno: i32) -> Outcome {
     let cc = |c| (Status::CHECK_CONDITION, Some(c));

@@ -336,3 +336,45 @@ fn socket_activation_and_readiness() {
         String::from_utf8_lossy(&out.stderr).contains("can't be set when using socket activation")
     );
 }
+
+/// The daemon says at start-up whether multipath maps will go through libmpathpersist, and if
+/// not, why (here: no device-mapper in the kernel, or multipath-tools missing).
+#[test]
+fn start_up_says_whether_multipath_support_is_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("s.sock");
+    let child = Command::new(our_helper())
+        .arg("-k")
+        .arg(&sock)
+        .arg("-v")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !sock.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    terminate(child.id());
+    let out = child.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    let line = log
+        .lines()
+        .find(|l| l.contains("multipath support"))
+        .unwrap_or_else(|| panic!("no multipath line in:\n{log}"));
+    let dm = std::path::Path::new("/dev/mapper/control").exists();
+    if !dm {
+        assert!(
+            line.contains("multipath support unavailable: the kernel has no device-mapper")
+                || line.contains("multipath support unavailable: /dev/mapper/control"),
+            "{line}"
+        );
+        assert!(
+            line.contains("SG_IO passthrough, which reaches one path only"),
+            "{line}"
+        );
+    }
+}
+
+fn terminate(pid: u32) {
+    let _ = Command::new("kill").arg(pid.to_string()).status();
+}

@@ -228,3 +228,16 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod missing {
+    /// Without multipath-tools the load fails with the library's name and the loader's reason.
+    #[test]
+    fn a_missing_library_is_named() {
+        let e = crate::ioctl::mpath_load("libmpathpersist-not-installed.so.0").unwrap_err();
+        assert!(
+            e.starts_with("cannot load libmpathpersist-not-installed.so.0: "),
+            "{e}"
+        );
+    }
+}

@@ -108,8 +108,13 @@ else
   bad "no pr-mpath thread under seccomp"
 fi
 
-# Registrations as the device sees them: "KEY SAS-ADDRESS" per I_T nexus, from node 2's path.
-regs() { sg_persist -n -s "$n2" 2>/dev/null | awk '/Key=/{k=substr($1,5)} /SAS address:/{print k, $3}' | sort | tr '\n' ' '; }
+# Registrations as the device sees them: "KEY SAS-ADDRESS" per I_T nexus, from node 2's path
+# (retried: the first command after node 2 is preempted meets its unit attention).
+regs() {
+  local out t
+  for t in 1 2 3; do out=$(sg_persist -n -s "$n2" 2>/dev/null) && break; done
+  echo "$out" | awk '/Key=/{k=substr($1,5)} /SAS address:/{print k, $3}' | sort | tr '\n' ' '
+}
 c1=0x5001405000000c01 c2=0x5001405000000c02 c3=0x5001405000000c03
 expect() { # expect WHAT WANT GOT
   [ "$2" = "$3" ] && ok "$1" || bad "$1: expected '$2', got '$3'"

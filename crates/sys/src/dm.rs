@@ -64,7 +64,7 @@ pub const DM_TABLE_STATUS: u64 = dm_iowr(12);
 
 impl DmBuffer {
     fn new(dev: u64) -> Box<DmBuffer> {
-        let mut b = Box::new(DmBuffer {
+        Box::new(DmBuffer {
             header: DmIoctl {
                 version: [DM_VERSION_MAJOR, 0, 0],
                 data_size: std::mem::size_of::<DmBuffer>() as u32,
@@ -80,9 +80,7 @@ impl DmBuffer {
                 data: [0; 7],
             },
             data: [0; DATA_LEN],
-        });
-        b.header.data_size = std::mem::size_of::<DmBuffer>() as u32;
-        b
+        })
     }
 }
 

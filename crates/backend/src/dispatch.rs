@@ -32,11 +32,19 @@ const BLOCK_EXT_MAJOR: u32 = 259;
 pub struct Multipath {
     /// The block major of device-mapper devices.
     pub dm_major: u32,
-    /// /dev/mapper/control, to ask a map's target type (needs CAP_SYS_ADMIN); None when
-    /// multipath support is unavailable.
-    pub control: Option<DmControl>,
-    /// The multipath backend, or why multipath support is unavailable.
-    pub backend: Result<Arc<dyn Backend>, String>,
+    pub support: MultipathSupport,
+}
+
+/// Whether device-mapper devices can be asked for their target and served by multipath.
+#[derive(Debug)]
+pub enum MultipathSupport {
+    /// /dev/mapper/control (whose table queries need CAP_SYS_ADMIN) and the multipath backend.
+    Active {
+        control: DmControl,
+        backend: Arc<dyn Backend>,
+    },
+    /// Why not; said for each request on a device-mapper device.
+    Unavailable(String),
 }
 
 /// Chooses a backend per device: a backend configured for the device's number; else, for a
@@ -83,35 +91,35 @@ impl Dispatcher {
         self
     }
 
-    /// The multipath backend if `dev` is a dm-multipath map and multipath support is active.
-    fn multipath_for(&self, dev: DevNum) -> Option<&Arc<dyn Backend>> {
-        let m = self.multipath.as_ref()?;
-        if dev.major != m.dm_major {
-            return None;
-        }
-        let (Some(control), Ok(backend)) = (&m.control, &m.backend) else {
-            if let Err(reason) = &m.backend {
-                info!(
-                    "device {dev} is a device-mapper device, and multipath support is \
-                     unavailable ({reason}): if it is a multipath map, SG_IO reaches one path only"
-                );
-            }
-            return None;
-        };
-        match control.target_type(dev) {
-            Ok(Some(t)) if t == "multipath" => Some(backend),
-            Ok(_) => None,
-            Err(e) => {
-                warn!("device {dev}: cannot read its device-mapper table ({e}); using SG_IO");
-                None
-            }
-        }
-    }
-
     /// The device with this number goes to `backend`.
     pub fn with_device(mut self, dev: DevNum, backend: Arc<dyn Backend>) -> Dispatcher {
         self.devices.insert(dev, backend);
         self
+    }
+
+    /// The multipath backend if `dev` is a dm-multipath map and multipath support is active.
+    fn multipath_for(&self, dev: DevNum) -> Option<&Arc<dyn Backend>> {
+        let m = self
+            .multipath
+            .as_ref()
+            .filter(|m| m.dm_major == dev.major)?;
+        match &m.support {
+            MultipathSupport::Unavailable(reason) => {
+                info!(
+                    "device {dev} is a device-mapper device, and multipath support is \
+                     unavailable ({reason}): if it is a multipath map, SG_IO reaches one path only"
+                );
+                None
+            }
+            MultipathSupport::Active { control, backend } => match control.target_type(dev) {
+                Ok(Some(t)) if t == "multipath" => Some(backend),
+                Ok(_) => None,
+                Err(e) => {
+                    warn!("device {dev}: cannot read its device-mapper table ({e}); using SG_IO");
+                    None
+                }
+            },
+        }
     }
 
     /// The backend for an accepted descriptor.

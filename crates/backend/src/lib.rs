@@ -15,7 +15,7 @@ pub mod sgio;
 
 use std::os::fd::BorrowedFd;
 
-pub use dispatch::{Dispatcher, Route};
+pub use dispatch::{Dispatcher, Multipath, MultipathSupport, Route};
 use pr_proto::{Reply, RequestHeader};
 use pr_scsi::SenseCode;
 use pr_sys::device::FileKind;

@@ -23,7 +23,6 @@
 //! Paths are resolved to device numbers when pr-helper starts (the sandbox forbids opening
 //! files later), so a device that appears afterwards is matched only by `dev`.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -35,7 +34,7 @@ use pr_sys::device::{DevNum, SCSI_GENERIC_MAJOR};
 use serde::Deserialize;
 
 /// A backend a device can be given.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BackendName {
     Sgio,
@@ -238,14 +237,12 @@ impl DeviceConfig {
             DefaultBackend::Sgio => {}
             DefaultBackend::Blkpr => d = d.with_block_default(blkpr_backend.clone()),
         }
-        let by_name: HashMap<BackendName, Arc<dyn Backend>> = [
-            (BackendName::Sgio, sgio_backend),
-            (BackendName::Blkpr, blkpr_backend),
-        ]
-        .into_iter()
-        .collect();
         for r in &self.rules {
-            d = d.with_device(r.dev, by_name[&r.backend].clone());
+            let backend = match r.backend {
+                BackendName::Sgio => &sgio_backend,
+                BackendName::Blkpr => &blkpr_backend,
+            };
+            d = d.with_device(r.dev, backend.clone());
         }
         if let Some(m) = multipath {
             d = d.with_multipath(m);

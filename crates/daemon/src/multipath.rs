@@ -5,9 +5,9 @@
 
 use std::sync::Arc;
 
-use pr_backend::dispatch::Multipath;
 use pr_backend::mpath::MpathBackend;
 use pr_backend::sgio::SgIoBackend;
+use pr_backend::{Multipath, MultipathSupport};
 use pr_sys::dm::{device_mapper_major, DmControl};
 use pr_sys::mpath::MpathLibrary;
 
@@ -91,8 +91,7 @@ impl Prepared {
             Prepared::Off => None,
             Prepared::Unavailable { dm_major, reason } => dm_major.map(|dm_major| Multipath {
                 dm_major,
-                control: None,
-                backend: Err(reason),
+                support: MultipathSupport::Unavailable(reason),
             }),
             Prepared::Ready {
                 dm_major,
@@ -105,8 +104,10 @@ impl Prepared {
                 let backend = MpathBackend::start(library, sgio, sandbox)?;
                 Some(Multipath {
                     dm_major,
-                    control: Some(control),
-                    backend: Ok(Arc::new(backend)),
+                    support: MultipathSupport::Active {
+                        control,
+                        backend: Arc::new(backend),
+                    },
                 })
             }
         })

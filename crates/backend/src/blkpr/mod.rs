@@ -16,7 +16,7 @@ use pr_sys::blkpr;
 use tracing::{debug, info};
 
 use crate::sgio::SgIoBackend;
-use crate::{Backend, BackendError, Device, PrRequest};
+use crate::{refuse_cdb, Backend, BackendError, Device, PrRequest};
 use translate::BlockCommand;
 
 /// The block-layer PR backend.
@@ -29,10 +29,6 @@ pub struct BlkPrBackend {
 impl BlkPrBackend {
     pub fn new(sgio: SgIoBackend) -> BlkPrBackend {
         BlkPrBackend { sgio }
-    }
-
-    fn device_name(device: &Device<'_>) -> String {
-        device.kind.describe()
     }
 
     /// The reply for an ioctl's outcome; EPERM/EACCES become an error (we lack a privilege).
@@ -49,7 +45,7 @@ impl BlkPrBackend {
                 let errno = e.raw_os_error().unwrap_or(libc::EIO);
                 translate::reply_from_errno(errno).ok_or_else(|| BackendError::Io {
                     backend: "blkpr",
-                    device: Self::device_name(device),
+                    device: device.kind.describe(),
                     source: io::Error::new(
                         e.kind(),
                         format!(
@@ -73,17 +69,17 @@ impl BlkPrBackend {
         if pr_sys::sgio::sg_version(device.fd).is_ok() {
             debug!(
                 "blkpr: {why}; {} answers SG_IO, using it",
-                Self::device_name(device)
+                device.kind.describe()
             );
             return self.sgio.execute(device, request);
         }
-        info!(
-            "blkpr: {why}, and {} has no SG_IO: refused",
-            Self::device_name(device)
+        let refusal = refuse_cdb(
+            1,
+            4,
+            format!("{why}, and {} has no SG_IO", device.kind.describe()),
         );
-        Ok(Reply::check_condition(
-            pr_scsi::SenseCode::INVALID_FIELD_IN_CDB.to_fixed_with_field_pointer(true, 1, Some(4)),
-        ))
+        info!("blkpr: {}: refused", refusal.reason);
+        Ok(refusal.reply)
     }
 }
 
@@ -104,15 +100,11 @@ impl Backend for BlkPrBackend {
         let command = match translate::translate(request.header, request.parameters) {
             Ok(c) => c,
             Err(r) => {
-                info!(
-                    "blkpr: refused on {}: {}",
-                    Self::device_name(device),
-                    r.reason
-                );
+                info!("blkpr: refused on {}: {}", device.kind.describe(), r.reason);
                 return Ok(r.reply);
             }
         };
-        debug!("blkpr: {command:?} on {}", Self::device_name(device));
+        debug!("blkpr: {command:?} on {}", device.kind.describe());
         let fd = device.fd;
         match command {
             BlockCommand::Register {
@@ -160,7 +152,7 @@ impl Backend for BlkPrBackend {
                     match translate::read_reservation_data(r.generation, r.key, r.rtype) {
                         Ok(d) => Ok(Reply::good(d)),
                         Err(r) => {
-                            info!("blkpr: {} on {}", r.reason, Self::device_name(device));
+                            info!("blkpr: {} on {}", r.reason, device.kind.describe());
                             Ok(r.reply)
                         }
                     }

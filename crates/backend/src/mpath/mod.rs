@@ -143,7 +143,7 @@ impl MpathBackend {
                     &[0u8; 6],
                     DataTransfer::None,
                     &mut sense,
-                    std::time::Duration::from_secs(30),
+                    self.sgio.timeout(),
                 );
                 let reply = reply_from_sg_io(tur, sense, Vec::new());
                 if reply.status != pr_scsi::Status::GOOD {

@@ -27,6 +27,11 @@ impl SgIoBackend {
     pub fn new(timeout: Duration) -> SgIoBackend {
         SgIoBackend { timeout }
     }
+
+    /// The SG_IO timeout per command.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
 }
 
 impl Default for SgIoBackend {

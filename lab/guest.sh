@@ -1,7 +1,7 @@
 #!/bin/bash
 # Runs inside the lab guest (a chroot of the host's root, read-only, with tmpfs on /run and
 # /tmp): the scenario files under lab/scenarios through pr-lab, then the nested-QEMU scenario,
-# the NVMe checks, then the multipath scenario.
+# the NVMe checks, the hung-device checks, then the multipath scenario.
 # Prints PASS/FAIL lines and a closing "LAB-RESULT <passed> <failed>" for lab/run.
 set -u
 TOP=$(cd "$(dirname "$0")/.." && pwd)
@@ -21,6 +21,10 @@ mkdir -p /run/lab
 # NVMe: the block-layer backend chosen by itself.
 bash $TOP/lab/nvme.sh 2>&1 | tee /run/lab-nvme.out
 pass=$((pass + $(grep -c '^PASS ' /run/lab-nvme.out))); fail=$((fail + $(grep -c '^FAIL ' /run/lab-nvme.out)))
+# Hung devices (scsi_debug) next to a healthy one.
+bash $TOP/lab/hang.sh 2>&1 | tee /run/lab-hang.out
+pass=$((pass + $(grep -c '^PASS ' /run/lab-hang.out))); fail=$((fail + $(grep -c '^FAIL ' /run/lab-hang.out)))
+grep -q '^PASS hang: the daemon is still running' /run/lab-hang.out || { echo "FAIL hang: the scenario did not finish"; fail=$((fail+1)); }
 # Multipath last: it loads device-mapper, after which our daemon keeps CAP_SYS_ADMIN.
 bash $TOP/lab/multipath.sh 2>&1 | tee /run/lab-multipath.out
 pass=$((pass + $(grep -c '^PASS ' /run/lab-multipath.out))); fail=$((fail + $(grep -c '^FAIL ' /run/lab-multipath.out)))

@@ -17,7 +17,7 @@ use crate::{Backend, Device};
 pub enum Route<'a> {
     /// Answered without running a backend (the descriptor was refused).
     Immediate { reply: Reply, reason: String },
-    /// To be executed by this backend, on a blocking pool.
+    /// To be executed by this backend.
     Execute {
         backend: Arc<dyn Backend>,
         device: Device<'a>,
@@ -155,20 +155,23 @@ impl Dispatcher {
             reply: Reply::check_condition(code.to_fixed()),
             reason,
         };
-        let read_only = match is_read_only(fd) {
-            Ok(r) => r,
-            Err(e) => {
-                return refuse(
-                    SenseCode::LOGICAL_UNIT_COMMUNICATION_FAILURE,
-                    format!("cannot read the descriptor's flags: {e}"),
-                )
+        // Only PR OUT cares, so PR IN (most of the traffic) is spared the fcntl.
+        if header.direction == Direction::Out {
+            match is_read_only(fd) {
+                Ok(false) => {}
+                Ok(true) => {
+                    return refuse(
+                        SenseCode::INVALID_COMMAND_OPERATION_CODE,
+                        "PR OUT on a descriptor opened read-only".into(),
+                    )
+                }
+                Err(e) => {
+                    return refuse(
+                        SenseCode::LOGICAL_UNIT_COMMUNICATION_FAILURE,
+                        format!("cannot read the descriptor's flags: {e}"),
+                    )
+                }
             }
-        };
-        if header.direction == Direction::Out && read_only {
-            return refuse(
-                SenseCode::INVALID_COMMAND_OPERATION_CODE,
-                "PR OUT on a descriptor opened read-only".into(),
-            );
         }
         let kind = match classify(fd) {
             Ok(k) => k,
@@ -190,11 +193,7 @@ impl Dispatcher {
         }
         Route::Execute {
             backend: self.choose(fd, kind).clone(),
-            device: Device {
-                fd,
-                kind,
-                read_only,
-            },
+            device: Device { fd, kind },
         }
     }
 }

@@ -25,7 +25,6 @@ use pr_sys::device::FileKind;
 pub struct Device<'a> {
     pub fd: BorrowedFd<'a>,
     pub kind: FileKind,
-    pub read_only: bool,
 }
 
 /// A request as a backend sees it.
@@ -118,8 +117,8 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
     /// Short name for logs and configuration (`sgio`, `mpath`, `blkpr`, `emulate`).
     fn name(&self) -> &'static str;
 
-    /// Executes one command. May block (device I/O, a library, a store): the daemon calls it
-    /// on a blocking pool. The reply need not be clamped to the allocation length; the server
+    /// Executes one command. May block (device I/O, a library, a store): the daemon runs it
+    /// on a runtime worker only while another worker stays free, and otherwise hands it off. The reply need not be clamped to the allocation length; the server
     /// does that for every backend.
     fn execute(&self, device: &Device<'_>, request: &PrRequest<'_>) -> Result<Reply, BackendError>;
 }

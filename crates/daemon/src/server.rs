@@ -1,7 +1,8 @@
 //! The accept loop and the per-connection protocol.
 //!
 //! Each connection is a task: handshake, then requests one at a time. The device descriptor
-//! travels with the CDB; the command runs on the blocking pool so one hung device never stalls
+//! travels with the CDB; the command runs either inline, in one of the slots that always leave a
+//! worker free, or handed off to another thread (see `inline`), so one hung device never stalls
 //! other clients or the accept loop. On SIGTERM/SIGINT/SIGHUP the listener closes, idle
 //! connections end, and requests already under way finish and are answered.
 
@@ -22,6 +23,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, watch, Semaphore};
 use tracing::{debug, info, warn};
 
+use crate::inline::InlineSlots;
 use crate::Config;
 
 /// Why a connection was closed before its client closed it.
@@ -50,6 +52,7 @@ enum ConnectionError {
 pub async fn serve(
     listener: std::os::unix::net::UnixListener,
     dispatcher: Arc<Dispatcher>,
+    inline: Arc<InlineSlots>,
     config: &Config,
 ) -> io::Result<()> {
     let listener = UnixListener::from_std(listener)?;
@@ -85,6 +88,7 @@ pub async fn serve(
         };
         let conn = Connection {
             stream,
+            inline: inline.clone(),
             dispatcher: dispatcher.clone(),
             shutdown: shutdown_rx.clone(),
             io_timeout,
@@ -108,6 +112,7 @@ pub async fn serve(
 
 struct Connection {
     stream: UnixStream,
+    inline: Arc<InlineSlots>,
     dispatcher: Arc<Dispatcher>,
     shutdown: watch::Receiver<bool>,
     io_timeout: Duration,
@@ -221,32 +226,37 @@ impl Connection {
     }
 
     async fn execute(&self, fd: OwnedFd, header: RequestHeader, parameters: Vec<u8>) -> Reply {
-        let (backend, kind, read_only) = match self.dispatcher.route(fd.as_fd(), &header) {
+        let (backend, kind) = match self.dispatcher.route(fd.as_fd(), &header) {
             Route::Immediate { reply, reason } => {
                 // Info, not warn: a client can send these as fast as it likes.
                 info!("refused {}: {reason}", describe(&header));
                 return reply;
             }
-            Route::Execute { backend, device } => (backend, device.kind, device.read_only),
+            Route::Execute { backend, device } => (backend, device.kind),
         };
-        // The command may block (a hung device, a slow library). block_in_place first hands
-        // this worker's other tasks to another thread, so no other client waits on it, and
-        // avoids a queue hop to the blocking pool for the common, fast case.
-        let (backend_name, result) = tokio::task::block_in_place(|| {
+        let run = || {
             let device = Device {
                 fd: fd.as_fd(),
                 kind,
-                read_only,
             };
             let request = PrRequest {
                 header: &header,
                 parameters: &parameters,
             };
             let result = backend.execute(&device, &request);
-            // The device descriptor is closed here, once the command has run.
+            // The device descriptor is closed here, once the command has run (the last close
+            // of a block device flushes it, which a hung device would block too).
             drop(fd);
             (backend.name(), result)
-        });
+        };
+        // The command may block (a hung device, a slow library). Inline only in a free slot;
+        // otherwise block_in_place first hands this worker's other tasks to another thread, so
+        // no other client waits on it.
+        let slot = kind.dev().and_then(|d| self.inline.try_take(d));
+        let (backend_name, result) = match slot {
+            Some(_slot) => run(),
+            None => tokio::task::block_in_place(run),
+        };
         let dev = kind
             .dev()
             .map(|d| d.to_string())

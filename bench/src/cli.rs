@@ -62,6 +62,37 @@ impl DeviceArgs {
     }
 }
 
+/// How the load generator drives the clients.
+#[derive(Debug, Clone, Args)]
+pub struct GeneratorArgs {
+    /// `events`: a few threads drive all connections through epoll, one sendmsg per request
+    /// (cheap: the helper gets the CPU). `threads`: one blocking thread per client, writing as
+    /// QEMU does (costs a thread wake-up per reply, which on a small machine loads the
+    /// generator more than the helper). Both keep one request in flight per client.
+    #[arg(long = "generator", value_enum, default_value_t = GeneratorKind::Events)]
+    pub generator_kind: GeneratorKind,
+    /// Threads of the event-driven generator.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub generator_threads: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum GeneratorKind {
+    Events,
+    Threads,
+}
+
+impl GeneratorArgs {
+    pub fn generator(&self) -> crate::load::Generator {
+        match self.generator_kind {
+            GeneratorKind::Events => crate::load::Generator::Events {
+                threads: self.generator_threads,
+            },
+            GeneratorKind::Threads => crate::load::Generator::Threads,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct RunArgs {
     /// The helper's socket.
@@ -86,6 +117,8 @@ pub struct RunArgs {
     pub mix: Mix,
     #[command(flatten)]
     pub device: DeviceArgs,
+    #[command(flatten)]
+    pub generator: GeneratorArgs,
     /// The server's pid (for RSS and fd counts); found from the socket when not given.
     #[arg(long, value_name = "PID")]
     pub server_pid: Option<u32>,
@@ -135,6 +168,8 @@ pub struct CompareArgs {
     pub mix: Mix,
     #[command(flatten)]
     pub device: DeviceArgs,
+    #[command(flatten)]
+    pub generator: GeneratorArgs,
     /// Idle connections to hold against each helper (0 to skip).
     #[arg(long, default_value_t = 10_000)]
     pub idle_connections: u32,

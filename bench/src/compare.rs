@@ -389,6 +389,7 @@ fn run_in(
         mix: args.mix.clone(),
         io_timeout: Duration::from_secs(10),
         server_pid: Some(h.pid()),
+        generator: args.generator.generator(),
     };
     // Warm up both (page in code, grow pools) with a short run each.
     for h in helpers {

@@ -42,6 +42,35 @@ pub struct LoadConfig {
     /// Longest wait for any single reply or connection step.
     pub io_timeout: Duration,
     pub server_pid: Option<u32>,
+    pub generator: Generator,
+}
+
+/// How the clients are driven. Both keep one request in flight per client (closed loop).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Generator {
+    /// This many threads, each driving its share of the connections through epoll (the
+    /// default: the generator takes little of the CPU the helper needs).
+    Events { threads: u32 },
+    /// One blocking thread per client, sending as QEMU does (CDB with the descriptor, then the
+    /// parameter data in a second write). Costs a thread wake-up per reply.
+    Threads,
+}
+
+impl Generator {
+    fn threads() -> Generator {
+        Generator::Threads
+    }
+}
+
+impl std::fmt::Display for Generator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Generator::Events { threads: 1 } => write!(f, "event-driven, 1 thread"),
+            Generator::Events { threads } => write!(f, "event-driven, {threads} threads"),
+            Generator::Threads => write!(f, "a thread per client"),
+        }
+    }
 }
 
 /// The server's state around a run.
@@ -64,6 +93,9 @@ pub struct RunResult {
     pub connected: u32,
     pub mix: String,
     pub device: String,
+    /// Results written before the event-driven generator existed came from threads.
+    #[serde(default = "Generator::threads")]
+    pub generator: Generator,
     pub stop: Stop,
     pub requests: u64,
     pub errors: u64,
@@ -76,12 +108,12 @@ pub struct RunResult {
     pub server: ServerSnapshots,
 }
 
-struct ClientOutcome {
-    latencies: Vec<u64>,
-    statuses: BTreeMap<u8, u64>,
-    error: Option<String>,
-    end: Instant,
-    stream: Option<UnixStream>,
+pub(crate) struct ClientOutcome {
+    pub(crate) latencies: Vec<u64>,
+    pub(crate) statuses: BTreeMap<u8, u64>,
+    pub(crate) error: Option<String>,
+    pub(crate) end: Instant,
+    pub(crate) stream: Option<UnixStream>,
 }
 
 /// Connects and performs the client's half of the handshake (read the helper's word, send 0).
@@ -129,49 +161,12 @@ pub fn run(cfg: &LoadConfig, device: &std::fs::File, device_desc: &str) -> RunRe
     let snap = || pid.and_then(|p| ProcSnapshot::take(p).ok());
     let before = snap();
 
-    let barrier = Barrier::new(cfg.clients as usize + 1);
     let issued = AtomicU64::new(0);
     let schedule = cfg.mix.schedule();
-    let mut outcomes = Vec::with_capacity(cfg.clients as usize);
-    let mut start = Instant::now();
-
-    std::thread::scope(|scope| {
-        let mut handles = Vec::with_capacity(cfg.clients as usize);
-        for client in 0..cfg.clients {
-            let (barrier, issued, schedule) = (&barrier, &issued, &schedule);
-            let h = std::thread::Builder::new()
-                .name(format!("client-{client}"))
-                .stack_size(128 * 1024)
-                .spawn_scoped(scope, move || {
-                    client_loop(cfg, client, schedule, device.as_fd(), barrier, issued)
-                });
-            match h {
-                Ok(h) => handles.push(h),
-                Err(e) => {
-                    // Could not start the thread: stand in for it at the barrier.
-                    handles.push(
-                        std::thread::Builder::new()
-                            .spawn_scoped(scope, move || {
-                                barrier.wait();
-                                ClientOutcome {
-                                    latencies: Vec::new(),
-                                    statuses: BTreeMap::new(),
-                                    error: Some(format!("cannot start client thread: {e}")),
-                                    end: Instant::now(),
-                                    stream: None,
-                                }
-                            })
-                            .expect("a small thread starts"),
-                    );
-                }
-            }
-        }
-        barrier.wait();
-        start = Instant::now();
-        for h in handles {
-            outcomes.push(h.join().expect("client threads do not panic"));
-        }
-    });
+    let (mut outcomes, start) = match cfg.generator {
+        Generator::Threads => drive_threads(cfg, &schedule, device, &issued),
+        Generator::Events { threads } => drive_events(cfg, threads, &schedule, device, &issued),
+    };
 
     let end = outcomes.iter().map(|o| o.end).max().unwrap_or(start);
     let elapsed = end.saturating_duration_since(start);
@@ -208,6 +203,7 @@ pub fn run(cfg: &LoadConfig, device: &std::fs::File, device_desc: &str) -> RunRe
         connected,
         mix: cfg.mix.to_string(),
         device: device_desc.to_string(),
+        generator: cfg.generator,
         stop: cfg.stop,
         requests,
         errors,
@@ -223,6 +219,92 @@ pub fn run(cfg: &LoadConfig, device: &std::fs::File, device_desc: &str) -> RunRe
             after,
         },
     }
+}
+
+/// One blocking thread per client.
+fn drive_threads(
+    cfg: &LoadConfig,
+    schedule: &[crate::mix::Op],
+    device: &std::fs::File,
+    issued: &AtomicU64,
+) -> (Vec<ClientOutcome>, Instant) {
+    let barrier = Barrier::new(cfg.clients as usize + 1);
+    let mut outcomes = Vec::with_capacity(cfg.clients as usize);
+    let mut start = Instant::now();
+
+    std::thread::scope(|scope| {
+        let mut handles = Vec::with_capacity(cfg.clients as usize);
+        for client in 0..cfg.clients {
+            let barrier = &barrier;
+            let h = std::thread::Builder::new()
+                .name(format!("client-{client}"))
+                .stack_size(128 * 1024)
+                .spawn_scoped(scope, move || {
+                    client_loop(cfg, client, schedule, device.as_fd(), barrier, issued)
+                });
+            match h {
+                Ok(h) => handles.push(h),
+                Err(e) => {
+                    // Could not start the thread: stand in for it at the barrier.
+                    handles.push(
+                        std::thread::Builder::new()
+                            .spawn_scoped(scope, move || {
+                                barrier.wait();
+                                ClientOutcome {
+                                    latencies: Vec::new(),
+                                    statuses: BTreeMap::new(),
+                                    error: Some(format!("cannot start client thread: {e}")),
+                                    end: Instant::now(),
+                                    stream: None,
+                                }
+                            })
+                            .expect("a small thread starts"),
+                    );
+                }
+            }
+        }
+        barrier.wait();
+        start = Instant::now();
+        for h in handles {
+            outcomes.push(h.join().expect("client threads do not panic"));
+        }
+    });
+
+    (outcomes, start)
+}
+
+/// Event-driven: `threads` generator threads (at most one per client), clients spread evenly.
+fn drive_events(
+    cfg: &LoadConfig,
+    threads: u32,
+    schedule: &[crate::mix::Op],
+    device: &std::fs::File,
+    issued: &AtomicU64,
+) -> (Vec<ClientOutcome>, Instant) {
+    let threads = threads.clamp(1, cfg.clients.max(1));
+    let barrier = Barrier::new(threads as usize + 1);
+    let mut outcomes = Vec::with_capacity(cfg.clients as usize);
+    let mut start = Instant::now();
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let ids = cfg.clients * t / threads..cfg.clients * (t + 1) / threads;
+                let barrier = &barrier;
+                std::thread::Builder::new()
+                    .name(format!("generator-{t}"))
+                    .spawn_scoped(scope, move || {
+                        crate::events::drive(cfg, ids, schedule, device.as_fd(), barrier, issued)
+                    })
+                    .expect("a generator thread starts")
+            })
+            .collect();
+        barrier.wait();
+        start = Instant::now();
+        for h in handles {
+            outcomes.extend(h.join().expect("generator threads do not panic"));
+        }
+    });
+    (outcomes, start)
 }
 
 fn client_loop(

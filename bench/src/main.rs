@@ -55,6 +55,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 mix: a.mix,
                 io_timeout: a.io_timeout,
                 server_pid,
+                generator: a.generator.generator(),
             };
             let r = load::run(&cfg, &device.file, &device.description);
             print(a.json, &r, r.to_text())?;

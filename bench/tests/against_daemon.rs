@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use pr_bench::compare::HelperProcess;
 use pr_bench::device::{Device, FdKind};
-use pr_bench::load::{self, LoadConfig, Stop};
+use pr_bench::load::{self, Generator, LoadConfig, Stop};
 
 fn daemon() -> PathBuf {
     if let Some(p) = std::env::var_os("PR_HELPER") {
@@ -44,27 +44,38 @@ fn counts_every_request_and_holds_idle_connections() {
     )
     .expect("the daemon starts");
     let device = Device::open(&FdKind::File, &dir).unwrap();
-    let cfg = LoadConfig {
-        socket: helper.socket.clone(),
-        clients: 4,
-        stop: Stop::Count(300),
-        max_duration: Duration::from_secs(60),
-        mix: "read-keys:3,read-reservation:1,register:1,reserve:1"
-            .parse()
-            .unwrap(),
-        io_timeout: Duration::from_secs(10),
-        server_pid: Some(helper.pid()),
-    };
-    let r = load::run(&cfg, &device.file, &device.description);
-    assert_eq!(r.errors, 0, "{:?}", r.first_errors);
-    assert_eq!(r.connected, 4);
-    assert_eq!(r.requests, 300);
-    assert_eq!(r.latency.samples, 300);
-    assert_eq!(r.statuses.values().sum::<u64>(), 300);
-    // Our daemon refuses a regular file with CHECK CONDITION before any ioctl.
-    assert_eq!(r.statuses.get("CHECK CONDITION"), Some(&300));
-    let (before, after) = (r.server.before.unwrap(), r.server.after.unwrap());
-    assert_eq!(before.fds, after.fds, "the daemon leaked descriptors");
+    let mut before_fds = None;
+    // Both generators, the event-driven one with its clients split over two threads.
+    for generator in [Generator::Events { threads: 2 }, Generator::Threads] {
+        let cfg = LoadConfig {
+            socket: helper.socket.clone(),
+            clients: 4,
+            stop: Stop::Count(300),
+            max_duration: Duration::from_secs(60),
+            mix: "read-keys:3,read-reservation:1,register:1,reserve:1"
+                .parse()
+                .unwrap(),
+            io_timeout: Duration::from_secs(10),
+            server_pid: Some(helper.pid()),
+            generator,
+        };
+        let r = load::run(&cfg, &device.file, &device.description);
+        assert_eq!(r.generator, generator);
+        assert_eq!(r.errors, 0, "{generator}: {:?}", r.first_errors);
+        assert_eq!(r.connected, 4, "{generator}");
+        assert_eq!(r.requests, 300, "{generator}");
+        assert_eq!(r.latency.samples, 300, "{generator}");
+        assert_eq!(r.statuses.values().sum::<u64>(), 300, "{generator}");
+        // Our daemon refuses a regular file with CHECK CONDITION before any ioctl.
+        assert_eq!(r.statuses.get("CHECK CONDITION"), Some(&300), "{generator}");
+        let (before, after) = (r.server.before.unwrap(), r.server.after.unwrap());
+        assert_eq!(
+            before.fds, after.fds,
+            "{generator}: the daemon leaked descriptors"
+        );
+        before_fds = Some(before.fds);
+    }
+    let before_fds = before_fds.unwrap();
 
     let idle = pr_bench::idle::run(
         &pr_bench::idle::IdleConfig {
@@ -77,7 +88,7 @@ fn counts_every_request_and_holds_idle_connections() {
         &device.file,
     );
     assert!(idle.all_held(), "{}", idle.to_text());
-    assert_eq!(idle.holding.unwrap().fds, before.fds + 50);
+    assert_eq!(idle.holding.unwrap().fds, before_fds + 50);
     drop(helper);
     let _ = std::fs::remove_dir_all(&dir);
 }

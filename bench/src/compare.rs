@@ -138,6 +138,12 @@ pub struct CompareResults {
     pub fd_kind: String,
     pub device: String,
     pub mix: String,
+    /// How the clients were driven (results from before the event-driven generator: threads).
+    #[serde(default = "threads_generator")]
+    pub generator: String,
+    /// The set's name in a report: its results directory's name.
+    #[serde(skip)]
+    pub label: String,
     pub duration_s: f64,
     pub rounds: u32,
     pub programs: BTreeMap<String, String>,
@@ -222,8 +228,8 @@ impl CompareResults {
     /// Plain-text tables.
     pub fn to_text(&self) -> String {
         let mut t = format!(
-            "fd kind {} ({}), mix {}, {} s × {} rounds, medians\n",
-            self.fd_kind, self.device, self.mix, self.duration_s, self.rounds
+            "fd kind {} ({}), mix {}, generator {}, {} s × {} rounds, medians\n",
+            self.fd_kind, self.device, self.mix, self.generator, self.duration_s, self.rounds
         );
         t.push_str(&format!(
             "{:>7}  {:>12} {:>12} {:>7}  {:>9} {:>9}  {:>9} {:>9}\n",
@@ -351,6 +357,8 @@ fn run_in(
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
         fd_kind: kind.to_string(),
+        generator: args.generator.generator().to_string(),
+        label: String::new(),
         device: device.description.clone(),
         mix: args.mix.to_string(),
         duration_s: args.duration.as_secs_f64(),
@@ -478,20 +486,24 @@ fn run_in(
     Ok(res)
 }
 
+fn threads_generator() -> String {
+    crate::load::Generator::Threads.to_string()
+}
+
 /// Reads a results.json written by [`run`].
 pub fn load_results(dir: &Path) -> Result<CompareResults, String> {
     let p = dir.join("results.json");
     let text = fs::read_to_string(&p).map_err(|e| format!("{}: {e}", p.display()))?;
     let mut r: CompareResults =
         serde_json::from_str(&text).map_err(|e| format!("{}: {e}", p.display()))?;
-    // A device given by path (an LIO disk in the VM lab) is named after its results directory
-    // in the report, and reproduced with the lab's wrapper, which runs the recorded command in
-    // the guest.
+    // A set is named after its results directory in the report. A device given by path (an
+    // LIO disk in the VM lab) is reproduced with the lab's wrapper, which runs the recorded
+    // command in the guest.
+    r.label = dir
+        .file_name()
+        .map_or_else(|| r.fd_kind.clone(), |n| n.to_string_lossy().into_owned());
     if r.fd_kind.starts_with('/') {
-        if let Some(name) = dir.file_name() {
-            r.fd_kind = name.to_string_lossy().into_owned();
-            r.command = format!("lab/bench    # in the VM lab guest: {}", r.command);
-        }
+        r.command = format!("lab/bench    # in the VM lab guest: {}", r.command);
     }
     r.summarise();
     Ok(r)

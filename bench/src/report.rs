@@ -138,7 +138,7 @@ pub fn render(sets: &[CompareResults], kept: &str) -> String {
         d,
         "target/release/pr-bench report --results {} --doc docs/performance.md\n```\n",
         sets.iter()
-            .map(|r| format!("bench/results/{}", r.fd_kind))
+            .map(|r| format!("bench/results/{}", r.label))
             .collect::<Vec<_>>()
             .join(" ")
     );
@@ -154,18 +154,29 @@ pub fn render(sets: &[CompareResults], kept: &str) -> String {
     let _ = writeln!(
         d,
         "**Descriptor kinds.** `file`: a regular file. Our daemon refuses it before any ioctl \
-         (CHECK CONDITION, logged once per request at warn level); QEMU's helper issues SG_IO on \
+         (CHECK CONDITION, logged once per request at info level); QEMU's helper issues SG_IO on \
          it and gets ENOTTY. So `file` measures each helper's own overhead, with our daemon \
-         doing a little less work (no ioctl, no blocking-pool hop) but writing a log line. \
+         doing a little less work (no ioctl) but writing a log line. \
          `loop`: a loop device; both helpers issue SG_IO, which the loop driver fails with \
          EINVAL — the like-for-like comparison available without a SCSI stack. Real LIO \
          disks (passthrough) and the emulate backend are measured in the VM lab with \
          `--device PATH` (same commands, `--fd-kind path --device /dev/sdX`).\n"
     );
+    let _ = writeln!(
+        d,
+        "**Load generators.** Both keep one request in flight per client connection (closed \
+         loop, as QEMU does) and differ only in what the generator itself costs on the CPUs it \
+         shares with the helper. `event-driven` (the default, sets without a suffix): one \
+         thread drives every connection through epoll and sends each request in one sendmsg. \
+         `a thread per client` (`--generator threads`, sets ending in `-threads`): one blocking \
+         thread per client, writing exactly as QEMU's client does (CDB with the descriptor, \
+         then the parameter data), which costs a context switch per reply — on 2 CPUs, at 16 \
+         and more clients, a large part of the machine.\n"
+    );
     let _ = writeln!(d, "## Verdict against the issue-2 targets\n");
     let _ = write!(d, "| target |");
     for r in sets {
-        let _ = write!(d, " {} |", r.fd_kind);
+        let _ = write!(d, " {} |", r.label);
     }
     let _ = write!(d, "\n|---|");
     for _ in sets {
@@ -186,8 +197,8 @@ pub fn render(sets: &[CompareResults], kept: &str) -> String {
     for r in sets {
         let _ = writeln!(
             d,
-            "### fd kind `{}` — {}\n\nMix `{}`, {} s per point, {} rounds, medians over rounds.\n",
-            r.fd_kind, r.device, r.mix, r.duration_s, r.rounds
+            "### `{}`: fd kind `{}` — {}\n\nMix `{}`, load generator: {}, {} s per point, {} rounds, medians over rounds.\n",
+            r.label, r.fd_kind, r.device, r.mix, r.generator, r.duration_s, r.rounds
         );
         let _ = writeln!(
             d,

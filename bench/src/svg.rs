@@ -48,7 +48,7 @@ pub fn throughput_plot(sets: &[&CompareResults]) -> String {
                 } else {
                     ""
                 };
-                series.push((format!("{helper}, {}", r.fd_kind), colour, dash, pts));
+                series.push((format!("{helper}, {}", r.label), colour, dash, pts));
             }
         }
     }

@@ -14,7 +14,7 @@ use crate::{Backend, BackendError, Device, PrRequest};
 /// SG_IO timeout used unless configured: the sd driver's default command timeout (30 s).
 /// QEMU's C helper passes 1 ms, which the kernel silently raises to its minimum; a PR command
 /// on a multipath or remote target can legitimately take seconds, and a hung device only ever
-/// occupies one thread of the blocking pool for at most this long.
+/// occupies one thread for at most this long.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The SG_IO passthrough backend.

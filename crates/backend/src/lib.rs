@@ -118,7 +118,7 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
     fn name(&self) -> &'static str;
 
     /// Executes one command. May block (device I/O, a library, a store): the daemon runs it
-    /// on a runtime worker only while another worker stays free, and otherwise hands it off. The reply need not be clamped to the allocation length; the server
+    /// under `block_in_place`, so the worker's other connections move to another thread. The reply need not be clamped to the allocation length; the server
     /// does that for every backend.
     fn execute(&self, device: &Device<'_>, request: &PrRequest<'_>) -> Result<Reply, BackendError>;
 }

@@ -4,7 +4,6 @@
 
 pub mod cli;
 pub mod devices;
-mod inline;
 mod listener;
 mod logging;
 mod multipath;
@@ -79,18 +78,15 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
     seccomp::install(config.seccomp)?;
     process::notify_ready();
 
-    // At least two workers, so that one is free while the other runs a command inline.
-    let workers = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 4));
-    let inline = Arc::new(inline::InlineSlots::for_workers(workers));
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers)
+        .worker_threads(std::thread::available_parallelism().map_or(2, |n| n.get().min(4)))
         .max_blocking_threads(64)
         .thread_stack_size(256 * 1024)
         .enable_all()
         .build()
         .map_err(DaemonError::Runtime)?;
     let result = runtime.block_on(async {
-        server::serve(listener, dispatcher, inline, &config)
+        server::serve(listener, dispatcher, &config)
             .await
             .map_err(DaemonError::Runtime)
     });

@@ -1,9 +1,9 @@
 //! The accept loop and the per-connection protocol.
 //!
 //! Each connection is a task: handshake, then requests one at a time. The device descriptor
-//! travels with the CDB; the command runs either inline, in one of the slots that always leave a
-//! worker free, or handed off to another thread (see `inline`), so one hung device never stalls
-//! other clients or the accept loop. On SIGTERM/SIGINT/SIGHUP the listener closes, idle
+//! travels with the CDB; the command runs under `block_in_place`, which first hands the worker's
+//! other tasks to another thread, so one hung device never stalls other clients or the accept
+//! loop. On SIGTERM/SIGINT/SIGHUP the listener closes, idle
 //! connections end, and requests already under way finish and are answered.
 
 use std::io;
@@ -23,7 +23,6 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, watch, Semaphore};
 use tracing::{debug, info, warn};
 
-use crate::inline::InlineSlots;
 use crate::Config;
 
 /// Why a connection was closed before its client closed it.
@@ -52,7 +51,6 @@ enum ConnectionError {
 pub async fn serve(
     listener: std::os::unix::net::UnixListener,
     dispatcher: Arc<Dispatcher>,
-    inline: Arc<InlineSlots>,
     config: &Config,
 ) -> io::Result<()> {
     let listener = UnixListener::from_std(listener)?;
@@ -88,7 +86,6 @@ pub async fn serve(
         };
         let conn = Connection {
             stream,
-            inline: inline.clone(),
             dispatcher: dispatcher.clone(),
             shutdown: shutdown_rx.clone(),
             io_timeout,
@@ -112,7 +109,6 @@ pub async fn serve(
 
 struct Connection {
     stream: UnixStream,
-    inline: Arc<InlineSlots>,
     dispatcher: Arc<Dispatcher>,
     shutdown: watch::Receiver<bool>,
     io_timeout: Duration,
@@ -249,14 +245,12 @@ impl Connection {
             drop(fd);
             (backend.name(), result)
         };
-        // The command may block (a hung device, a slow library). Inline only in a free slot;
-        // otherwise block_in_place first hands this worker's other tasks to another thread, so
-        // no other client waits on it.
-        let slot = kind.dev().and_then(|d| self.inline.try_take(d));
-        let (backend_name, result) = match slot {
-            Some(_slot) => run(),
-            None => tokio::task::block_in_place(run),
-        };
+        // The command may block (a hung device, a slow library). block_in_place first hands
+        // this worker's other tasks to another thread, so no other client waits on it, and
+        // avoids a queue hop to the blocking pool. (Running fast commands inline on the worker
+        // instead was tried: under load the tasks queued on a worker stuck in a hung command
+        // are not stolen by the busy others, and lab/hang.sh caught a client waiting 5 s.)
+        let (backend_name, result) = tokio::task::block_in_place(run);
         let dev = kind
             .dev()
             .map(|d| d.to_string())

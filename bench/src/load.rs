@@ -228,49 +228,22 @@ fn drive_threads(
     device: &std::fs::File,
     issued: &AtomicU64,
 ) -> (Vec<ClientOutcome>, Instant) {
-    let barrier = Barrier::new(cfg.clients as usize + 1);
-    let mut outcomes = Vec::with_capacity(cfg.clients as usize);
-    let mut start = Instant::now();
-
-    std::thread::scope(|scope| {
-        let mut handles = Vec::with_capacity(cfg.clients as usize);
-        for client in 0..cfg.clients {
-            let barrier = &barrier;
-            let h = std::thread::Builder::new()
-                .name(format!("client-{client}"))
-                .stack_size(128 * 1024)
-                .spawn_scoped(scope, move || {
-                    client_loop(cfg, client, schedule, device.as_fd(), barrier, issued)
-                });
-            match h {
-                Ok(h) => handles.push(h),
-                Err(e) => {
-                    // Could not start the thread: stand in for it at the barrier.
-                    handles.push(
-                        std::thread::Builder::new()
-                            .spawn_scoped(scope, move || {
-                                barrier.wait();
-                                ClientOutcome {
-                                    latencies: Vec::new(),
-                                    statuses: BTreeMap::new(),
-                                    error: Some(format!("cannot start client thread: {e}")),
-                                    end: Instant::now(),
-                                    stream: None,
-                                }
-                            })
-                            .expect("a small thread starts"),
-                    );
-                }
-            }
-        }
-        barrier.wait();
-        start = Instant::now();
-        for h in handles {
-            outcomes.push(h.join().expect("client threads do not panic"));
-        }
-    });
-
-    (outcomes, start)
+    let (outcomes, start) = on_threads(
+        cfg.clients,
+        "client",
+        |client, barrier| {
+            vec![client_loop(
+                cfg,
+                client,
+                schedule,
+                device.as_fd(),
+                barrier,
+                issued,
+            )]
+        },
+        |_, error| vec![failed(error)],
+    );
+    (outcomes.into_iter().flatten().collect(), start)
 }
 
 /// Event-driven: `threads` generator threads (at most one per client), clients spread evenly.
@@ -282,29 +255,66 @@ fn drive_events(
     issued: &AtomicU64,
 ) -> (Vec<ClientOutcome>, Instant) {
     let threads = threads.clamp(1, cfg.clients.max(1));
-    let barrier = Barrier::new(threads as usize + 1);
-    let mut outcomes = Vec::with_capacity(cfg.clients as usize);
+    let ids = |t: u32| cfg.clients * t / threads..cfg.clients * (t + 1) / threads;
+    let (outcomes, start) = on_threads(
+        threads,
+        "generator",
+        |t, barrier| crate::events::drive(cfg, ids(t), schedule, device.as_fd(), barrier, issued),
+        |t, error| ids(t).map(|_| failed(error.clone())).collect(),
+    );
+    (outcomes.into_iter().flatten().collect(), start)
+}
+
+/// Runs `body(i, barrier)` on `n` scoped threads named `name-i`; each waits at the barrier once
+/// it is ready, and the clock starts when all are. A thread that cannot be started is stood in
+/// for by a minimal one that waits at the barrier and returns `failed_to_start(i, reason)`.
+/// Results come back in thread order, with the start time.
+fn on_threads<T: Send>(
+    n: u32,
+    name: &str,
+    body: impl Fn(u32, &Barrier) -> T + Sync,
+    failed_to_start: impl Fn(u32, String) -> T + Sync,
+) -> (Vec<T>, Instant) {
+    let barrier = Barrier::new(n as usize + 1);
+    let mut results = Vec::with_capacity(n as usize);
     let mut start = Instant::now();
     std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..threads)
-            .map(|t| {
-                let ids = cfg.clients * t / threads..cfg.clients * (t + 1) / threads;
-                let barrier = &barrier;
+        let (barrier, body, failed_to_start) = (&barrier, &body, &failed_to_start);
+        let handles: Vec<_> = (0..n)
+            .map(|i| {
                 std::thread::Builder::new()
-                    .name(format!("generator-{t}"))
-                    .spawn_scoped(scope, move || {
-                        crate::events::drive(cfg, ids, schedule, device.as_fd(), barrier, issued)
+                    .name(format!("{name}-{i}"))
+                    .stack_size(128 * 1024)
+                    .spawn_scoped(scope, move || body(i, barrier))
+                    .unwrap_or_else(|e| {
+                        let reason = format!("cannot start {name} thread: {e}");
+                        std::thread::Builder::new()
+                            .spawn_scoped(scope, move || {
+                                barrier.wait();
+                                failed_to_start(i, reason)
+                            })
+                            .expect("a small thread starts")
                     })
-                    .expect("a generator thread starts")
             })
             .collect();
         barrier.wait();
         start = Instant::now();
         for h in handles {
-            outcomes.extend(h.join().expect("generator threads do not panic"));
+            results.push(h.join().expect("load threads do not panic"));
         }
     });
-    (outcomes, start)
+    (results, start)
+}
+
+/// The outcome of a client that never ran.
+fn failed(error: String) -> ClientOutcome {
+    ClientOutcome {
+        latencies: Vec::new(),
+        statuses: BTreeMap::new(),
+        error: Some(error),
+        end: Instant::now(),
+        stream: None,
+    }
 }
 
 fn client_loop(

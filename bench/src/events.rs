@@ -9,7 +9,6 @@
 //! share the cores, that leaves the helper most of the machine, which is what a throughput
 //! comparison should measure.
 
-use std::collections::BTreeMap;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
@@ -65,13 +64,7 @@ pub(crate) fn drive(
     let poller = epoll::create(epoll::CreateFlags::CLOEXEC);
     barrier.wait();
     let begin = Instant::now();
-    let outcome = |error: Option<String>| ClientOutcome {
-        latencies: Vec::new(),
-        statuses: BTreeMap::new(),
-        error,
-        end: begin,
-        stream: None,
-    };
+    let outcome = |error: Option<String>| ClientOutcome::new(begin, error);
     let poller = match poller {
         Ok(p) => p,
         Err(e) => {

@@ -116,6 +116,19 @@ pub(crate) struct ClientOutcome {
     pub(crate) stream: Option<UnixStream>,
 }
 
+impl ClientOutcome {
+    /// Nothing measured yet; `end` is where the client's time ends if it never sends.
+    pub(crate) fn new(end: Instant, error: Option<String>) -> ClientOutcome {
+        ClientOutcome {
+            latencies: Vec::new(),
+            statuses: BTreeMap::new(),
+            error,
+            end,
+            stream: None,
+        }
+    }
+}
+
 /// Connects and performs the client's half of the handshake (read the helper's word, send 0).
 pub fn connect(socket: &Path, timeout: Duration) -> io::Result<UnixStream> {
     let mut s = UnixStream::connect(socket)?;
@@ -308,13 +321,7 @@ fn on_threads<T: Send>(
 
 /// The outcome of a client that never ran.
 fn failed(error: String) -> ClientOutcome {
-    ClientOutcome {
-        latencies: Vec::new(),
-        statuses: BTreeMap::new(),
-        error: Some(error),
-        end: Instant::now(),
-        stream: None,
-    }
+    ClientOutcome::new(Instant::now(), Some(error))
 }
 
 fn client_loop(
@@ -328,13 +335,7 @@ fn client_loop(
     let conn = connect(&cfg.socket, cfg.io_timeout);
     barrier.wait();
     let begin = Instant::now();
-    let mut out = ClientOutcome {
-        latencies: Vec::new(),
-        statuses: BTreeMap::new(),
-        error: None,
-        end: begin,
-        stream: None,
-    };
+    let mut out = ClientOutcome::new(begin, None);
     let mut s = match conn {
         Ok(s) => s,
         Err(e) => {

@@ -154,9 +154,9 @@ pub fn render(sets: &[CompareResults], kept: &str) -> String {
     let _ = writeln!(
         d,
         "**Descriptor kinds.** `file`: a regular file. Our daemon refuses it before any ioctl \
-         (CHECK CONDITION, logged once per request at info level); QEMU's helper issues SG_IO on \
-         it and gets ENOTTY. So `file` measures each helper's own overhead, with our daemon \
-         doing a little less work (no ioctl) but writing a log line. \
+         (CHECK CONDITION, logged per request at info level, which the default verbosity does \
+         not write); QEMU's helper issues SG_IO on it and gets ENOTTY. So `file` measures each \
+         helper's own overhead, with our daemon doing a little less work (no ioctl). \
          `loop`: a loop device; both helpers issue SG_IO, which the loop driver fails with \
          EINVAL — the like-for-like comparison available without a SCSI stack. Real LIO \
          disks (passthrough) and the emulate backend are measured in the VM lab with \

@@ -118,7 +118,8 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
     fn name(&self) -> &'static str;
 
     /// Executes one command. May block (device I/O, a library, a store): the daemon runs it
-    /// under `block_in_place`, so the worker's other connections move to another thread. The reply need not be clamped to the allocation length; the server
-    /// does that for every backend.
+    /// under `block_in_place`, so the worker's other connections move to another thread. The
+    /// reply need not be clamped to the allocation length; the server does that for every
+    /// backend.
     fn execute(&self, device: &Device<'_>, request: &PrRequest<'_>) -> Result<Reply, BackendError>;
 }

@@ -3,8 +3,8 @@
 //! Each connection is a task: handshake, then requests one at a time. The device descriptor
 //! travels with the CDB; the command runs under `block_in_place`, which first hands the worker's
 //! other tasks to another thread, so one hung device never stalls other clients or the accept
-//! loop. On SIGTERM/SIGINT/SIGHUP the listener closes, idle
-//! connections end, and requests already under way finish and are answered.
+//! loop. On SIGTERM/SIGINT/SIGHUP the listener closes, idle connections end, and requests
+//! already under way finish and are answered.
 
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
@@ -230,7 +230,12 @@ impl Connection {
             }
             Route::Execute { backend, device } => (backend, device.kind),
         };
-        let run = || {
+        // The command may block (a hung device, a slow library). block_in_place first hands
+        // this worker's other tasks to another thread, so no other client waits on it, and
+        // avoids a queue hop to the blocking pool. (Running fast commands inline on the worker
+        // instead was tried: under load the tasks queued on a worker stuck in a hung command
+        // are not stolen by the busy others, and lab/hang.sh caught a client waiting 5 s.)
+        let (backend_name, result) = tokio::task::block_in_place(|| {
             let device = Device {
                 fd: fd.as_fd(),
                 kind,
@@ -244,13 +249,7 @@ impl Connection {
             // of a block device flushes it, which a hung device would block too).
             drop(fd);
             (backend.name(), result)
-        };
-        // The command may block (a hung device, a slow library). block_in_place first hands
-        // this worker's other tasks to another thread, so no other client waits on it, and
-        // avoids a queue hop to the blocking pool. (Running fast commands inline on the worker
-        // instead was tried: under load the tasks queued on a worker stuck in a hung command
-        // are not stolen by the busy others, and lab/hang.sh caught a client waiting 5 s.)
-        let (backend_name, result) = tokio::task::block_in_place(run);
+        });
         let dev = kind
             .dev()
             .map(|d| d.to_string())

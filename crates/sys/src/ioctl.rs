@@ -19,12 +19,15 @@ const SG_GET_VERSION_NUM: libc::c_ulong = 0x2282;
 /// The header's `cmdp`, `sbp` and `dxferp` must point to buffers of at least `cmd_len`,
 /// `mx_sb_len` and `dxfer_len` bytes that stay borrowed for the duration of this call; the only
 /// caller, [`crate::sgio::sg_io`], builds the header from `&`/`&mut` slices it holds across the
-/// call, which is why this function can be safe.
+/// call, and takes data-in only into a [`crate::sgio::DataInBuffer`] (whole pages of its own,
+/// `dxfer_len` at most its capacity), which is why this function can be safe.
 pub(crate) fn sg_io(fd: BorrowedFd<'_>, hdr: &mut SgIoHdr) -> io::Result<()> {
     // SAFETY: `hdr` is an exclusively borrowed, properly sized (`SgIoHdr` has a size assertion
     // against the kernel's 88-byte `struct sg_io_hdr`) and aligned header; the buffers it points
     // to are borrowed by our caller for longer than this call and their lengths are the ones
-    // written in the header, so the kernel reads and writes only memory we own. The fd is
+    // written in the header, so the kernel reads and writes only memory we own. A device that
+    // writes past `dxfer_len` reaches at most the rest of the pages the kernel mapped, which
+    // for data-in are the DataInBuffer's own. The fd is
     // borrowed, hence open, for the duration of the call.
     let r = unsafe { libc::ioctl(fd.as_raw_fd(), SG_IO, hdr as *mut SgIoHdr) };
     if r < 0 {
@@ -264,9 +267,10 @@ pub(crate) fn mpath_prin(
     service_action: u8,
     resp: &mut crate::mpath::PrinResp,
 ) -> i32 {
-    // SAFETY: `resp` is an exclusively borrowed `struct prin_resp` (8200 bytes, size assertion)
-    // that outlives the call; the library writes at most mpath_mx_alloc_len (8192) bytes of
-    // device data into it. The fd is borrowed, hence open. Only the owning thread calls this.
+    // SAFETY: `resp` is an exclusively borrowed `struct prin_resp` (8200 bytes, padded to three
+    // whole pages; size assertions) that outlives the call; the library asks the device for at
+    // most mpath_mx_alloc_len (8192) bytes into it, and what a device writes beyond that stays
+    // in the struct's own pages. The fd is borrowed, hence open. Only the owning thread calls this.
     unsafe {
         (fns.prin)(
             fd.as_raw_fd(),

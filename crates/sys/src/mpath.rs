@@ -46,7 +46,12 @@ pub struct TransportIdC {
 /// `struct prin_resp`: a union whose members all start with two u32 fields in host order
 /// (generation and additional length; for REPORT CAPABILITIES a u16 length and flags) followed
 /// by the device's bytes.
-#[repr(C, align(8))]
+///
+/// The library issues SG_IO straight into this struct (allocation length 8192), so it is
+/// page-aligned and padded to whole pages (12 KiB for the C struct's 8200 bytes): a device that
+/// writes past the length it was given writes into our padding, never into the heap beyond
+/// (docs/protocol.md).
+#[repr(C, align(4096))]
 pub struct PrinResp {
     pub raw: [u8; 8 + MAX_PARAM_LEN],
 }
@@ -67,7 +72,9 @@ pub(crate) struct ProutParam {
 }
 
 const _: () = assert!(std::mem::size_of::<TransportIdC>() == 258);
-const _: () = assert!(std::mem::size_of::<PrinResp>() == 8200);
+const _: () = assert!(std::mem::size_of::<[u8; 8 + MAX_PARAM_LEN]>() == 8200);
+const _: () = assert!(std::mem::size_of::<PrinResp>() == 3 * crate::sgio::PAGE_SIZE);
+const _: () = assert!(std::mem::align_of::<PrinResp>() == crate::sgio::PAGE_SIZE);
 const _: () = assert!(std::mem::offset_of!(ProutParam, sa_flags) == 20);
 const _: () = assert!(std::mem::offset_of!(ProutParam, private_buffer) == 24);
 const _: () = assert!(std::mem::offset_of!(ProutParam, num_transportid) == 8216);

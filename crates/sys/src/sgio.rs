@@ -45,14 +45,86 @@ const SG_DXFER_FROM_DEV: libc::c_int = -3;
 pub const DRIVER_TIMEOUT: u16 = 0x06;
 pub const DRIVER_SENSE: u16 = 0x08;
 
+/// The size of a page: the unit in which the kernel maps a caller's buffer for a transfer.
+pub const PAGE_SIZE: usize = 4096;
+
+/// The smallest data-in buffer: the protocol's largest transfer (8 KiB), as QEMU's C helper
+/// always reads into one 8 KiB buffer.
+pub const MIN_DATA_IN: usize = 8192;
+
+/// One page, aligned to a page boundary.
+#[repr(C, align(4096))]
+#[derive(Clone, Copy)]
+struct Page([u8; PAGE_SIZE]);
+
+const _: () = assert!(std::mem::size_of::<Page>() == PAGE_SIZE);
+const _: () = assert!(std::mem::align_of::<Page>() == PAGE_SIZE);
+
+/// The buffer a device writes PR IN data into: page-aligned, a whole number of pages, at least
+/// [`MIN_DATA_IN`] bytes, and used for nothing else.
+///
+/// Devices have been seen writing past the length they were given (LIO's READ FULL STATUS
+/// writes up to 20 bytes beyond a small allocation length). The kernel maps the caller's pages
+/// for the transfer, so such bytes land in whatever follows the buffer in those pages. With
+/// whole pages of our own, everything the kernel maps for a transfer of at most
+/// [`capacity`](Self::capacity) bytes belongs to this buffer, and only the bytes the reply may
+/// carry are ever read back ([`data`](Self::data)). It starts zeroed, so a device that claims
+/// more data than it wrote returns zeros, never an earlier request's bytes.
+pub struct DataInBuffer {
+    pages: Box<[Page]>,
+}
+
+impl DataInBuffer {
+    /// A zeroed buffer of at least `min_len` bytes (and at least [`MIN_DATA_IN`]).
+    pub fn new(min_len: usize) -> DataInBuffer {
+        let pages = min_len.max(MIN_DATA_IN).div_ceil(PAGE_SIZE);
+        DataInBuffer {
+            pages: vec![Page([0; PAGE_SIZE]); pages].into_boxed_slice(),
+        }
+    }
+
+    /// How many bytes the buffer holds: the largest transfer it can be given.
+    pub fn capacity(&self) -> usize {
+        self.pages.len() * PAGE_SIZE
+    }
+
+    /// The first `len` bytes (at most [`capacity`](Self::capacity); more is cut to it).
+    pub fn data(&self, len: usize) -> Vec<u8> {
+        let len = len.min(self.capacity());
+        let mut out = Vec::with_capacity(len);
+        for page in self.pages.iter() {
+            let rest = len - out.len();
+            if rest == 0 {
+                break;
+            }
+            out.extend_from_slice(&page.0[..rest.min(PAGE_SIZE)]);
+        }
+        out
+    }
+
+    fn as_mut_ptr(&mut self) -> *mut libc::c_void {
+        self.pages.as_mut_ptr().cast()
+    }
+}
+
+impl std::fmt::Debug for DataInBuffer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DataInBuffer({} bytes)", self.capacity())
+    }
+}
+
 /// Where the data buffer of an SG_IO command goes.
 #[derive(Debug)]
 pub enum DataTransfer<'a> {
     None,
     /// Data written to the device (PR OUT parameter list).
     ToDevice(&'a [u8]),
-    /// Data read from the device (PR IN reply).
-    FromDevice(&'a mut [u8]),
+    /// Data read from the device (PR IN reply): the device is told `len` bytes, which must fit
+    /// in the buffer.
+    FromDevice {
+        buffer: &'a mut DataInBuffer,
+        len: usize,
+    },
 }
 
 /// What the kernel reported for a completed SG_IO call.
@@ -81,7 +153,18 @@ pub fn sg_io(
     let (dir, ptr, len) = match data {
         DataTransfer::None => (SG_DXFER_NONE, std::ptr::null_mut(), 0usize),
         DataTransfer::ToDevice(b) => (SG_DXFER_TO_DEV, b.as_ptr() as *mut libc::c_void, b.len()),
-        DataTransfer::FromDevice(b) => (SG_DXFER_FROM_DEV, b.as_mut_ptr().cast(), b.len()),
+        DataTransfer::FromDevice { buffer, len } => {
+            if len > buffer.capacity() {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "data-in length {len} exceeds the {}-byte buffer",
+                        buffer.capacity()
+                    ),
+                ));
+            }
+            (SG_DXFER_FROM_DEV, buffer.as_mut_ptr(), len)
+        }
     };
     let dxfer_len = u32::try_from(len).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     let mut hdr = SgIoHdr {
@@ -122,4 +205,31 @@ pub fn sg_io(
 /// The sg driver version, if `fd` is an sg character device that answers SG_GET_VERSION_NUM.
 pub fn sg_version(fd: BorrowedFd<'_>) -> io::Result<i32> {
     crate::ioctl::sg_get_version_num(fd)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_in_buffer_is_whole_aligned_pages_of_at_least_8_kib() {
+        for (asked, pages) in [(0, 2), (1, 2), (8192, 2), (8193, 3), (12288, 3), (12289, 4)] {
+            let mut b = DataInBuffer::new(asked);
+            assert_eq!(b.capacity(), pages * 4096, "asked {asked}");
+            assert_eq!(b.as_mut_ptr() as usize % 4096, 0, "asked {asked}");
+        }
+    }
+
+    #[test]
+    fn data_in_buffer_reads_back_only_what_is_asked_across_pages() {
+        let mut b = DataInBuffer::new(0);
+        b.pages[0].0[4095] = 1;
+        b.pages[1].0[0] = 2;
+        b.pages[1].0[1] = 3;
+        assert_eq!(b.data(0), Vec::<u8>::new());
+        assert_eq!(&b.data(4097)[4094..], &[0, 1, 2]);
+        assert_eq!(b.data(4098).len(), 4098);
+        // More than the buffer holds is cut to the buffer, never read beyond it.
+        assert_eq!(b.data(usize::MAX).len(), 8192);
+    }
 }

@@ -14,7 +14,7 @@ use pr_sys::mpath::{MpathLibrary, PrinResp, ProutRequest};
 use pr_sys::sgio::{sg_io, DataTransfer};
 use tracing::{debug, info, warn};
 
-use crate::sgio::{reply_from_sg_io, SgIoBackend};
+use crate::sgio::{reply_from_sg_io, DataIn, SgIoBackend};
 use crate::{Backend, BackendError, Device, PrRequest};
 use translate::{MpathCommand, Outcome};
 
@@ -145,7 +145,7 @@ impl MpathBackend {
                     &mut sense,
                     self.sgio.timeout(),
                 );
-                let reply = reply_from_sg_io(tur, sense, Vec::new());
+                let reply = reply_from_sg_io(tur, sense, DataIn::None);
                 if reply.status != pr_scsi::Status::GOOD {
                     reply
                 } else {

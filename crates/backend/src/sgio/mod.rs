@@ -5,9 +5,9 @@ pub(crate) mod mapping;
 use std::time::Duration;
 
 use pr_proto::{Direction, Reply, SENSE_SIZE};
-use pr_sys::sgio::{sg_io, DataTransfer};
+use pr_sys::sgio::{sg_io, DataInBuffer, DataTransfer};
 
-pub use mapping::reply_from_sg_io;
+pub use mapping::{reply_from_sg_io, DataIn};
 
 use crate::{Backend, BackendError, Device, PrRequest};
 
@@ -48,26 +48,37 @@ impl Backend for SgIoBackend {
     fn execute(&self, device: &Device<'_>, request: &PrRequest<'_>) -> Result<Reply, BackendError> {
         let mut sense = [0u8; SENSE_SIZE];
         let header = request.header;
-        let mut data = Vec::new();
-        let result = match header.direction {
+        match header.direction {
             Direction::In => {
-                data.resize(header.transfer_length, 0);
-                sg_io(
+                // Whole pages of our own, never a heap chunk of exactly the allocation length:
+                // a device may write past the length it is given (docs/protocol.md).
+                let mut buffer = DataInBuffer::new(header.transfer_length);
+                let result = sg_io(
                     device.fd,
                     &header.cdb,
-                    DataTransfer::FromDevice(&mut data),
+                    DataTransfer::FromDevice {
+                        buffer: &mut buffer,
+                        len: header.transfer_length,
+                    },
                     &mut sense,
                     self.timeout,
-                )
+                );
+                Ok(reply_from_sg_io(
+                    result,
+                    sense,
+                    DataIn::Buffer(&buffer, header.transfer_length),
+                ))
             }
-            Direction::Out => sg_io(
-                device.fd,
-                &header.cdb,
-                DataTransfer::ToDevice(request.parameters),
-                &mut sense,
-                self.timeout,
-            ),
-        };
-        Ok(reply_from_sg_io(result, sense, data))
+            Direction::Out => {
+                let result = sg_io(
+                    device.fd,
+                    &header.cdb,
+                    DataTransfer::ToDevice(request.parameters),
+                    &mut sense,
+                    self.timeout,
+                );
+                Ok(reply_from_sg_io(result, sense, DataIn::None))
+            }
+        }
     }
 }

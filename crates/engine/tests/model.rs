@@ -1,6 +1,8 @@
 //! Model check: random command sequences from four I_T nexuses get the same replies (status,
 //! sense key/ASC/ASCQ, READ KEYS and READ RESERVATION data) from the engine as from a small
-//! reference model written here from docs/pr-semantics.md, independently of the engine: a Vec
+//! reference model written here from docs/pr-semantics.md (REGISTER, REGISTER AND IGNORE EXISTING
+//! KEY, RESERVE, RELEASE, CLEAR, PREEMPT, PREEMPT AND ABORT, REGISTER AND MOVE, READ KEYS, READ
+//! RESERVATION), independently of the engine: a Vec
 //! of (nexus, key), an Option reservation, a generation and per-nexus unit attention queues.
 
 mod common;
@@ -218,6 +220,31 @@ impl Model {
                 self.generation += 1;
                 good()
             }
+            Sa::RegisterAndMove => {
+                // Destination: nexus `t % 4 + 1`; `abort` stands for UNREG.
+                let dest = c.t % 4 + 1;
+                if self.key_of(n) != Some(c.key) {
+                    return conflict();
+                }
+                match self.res {
+                    Some((Holder::Nexus(h), _)) if h == n => {}
+                    _ => return conflict(),
+                }
+                if c.sa_key == 0 || dest == n {
+                    return illegal(0x26, 0x00);
+                }
+                if self.key_of(dest).is_none() {
+                    self.regs.push((dest, c.sa_key));
+                }
+                if let Some((h, _)) = self.res.as_mut() {
+                    *h = Holder::Nexus(dest);
+                }
+                if c.abort {
+                    self.regs.retain(|r| r.0 != n);
+                }
+                self.generation += 1;
+                good()
+            }
             Sa::Preempt => {
                 if !valid_type {
                     return illegal(0x24, 0x00);
@@ -292,6 +319,7 @@ enum Sa {
     Release,
     Clear,
     Preempt,
+    RegisterAndMove,
 }
 
 #[derive(Debug, Clone)]
@@ -319,6 +347,7 @@ fn op() -> impl Strategy<Value = Op> {
             Just(Sa::Clear),
             Just(Sa::Preempt),
             Just(Sa::Preempt),
+            Just(Sa::RegisterAndMove),
         ],
         prop_oneof![6 => prop::sample::select(vec![1u8, 3, 5, 6, 7, 8]), 1 => Just(2u8)],
         0u64..=3,
@@ -341,6 +370,15 @@ fn engine(lu: &mut LogicalUnit, c: &Op) -> Answer {
     let o = match c.sa {
         Sa::ReadKeys => lu.execute(&n, &pr_in(0x00, 8192), &[], &cfg),
         Sa::ReadReservation => lu.execute(&n, &pr_in(0x01, 8192), &[], &cfg),
+        Sa::RegisterAndMove => {
+            // SPC-4 table 186: UNREG byte 17 bit 1, port at 18–19, TransportID length at 20–23.
+            let mut p = basic(c.key, c.sa_key, 0);
+            p[17] = if c.abort { 0x02 } else { 0 };
+            p[18..20].copy_from_slice(&[0, 1]);
+            p[20..24].copy_from_slice(&[0, 0, 0, 24]);
+            p.extend_from_slice(&sas_tid(c.t % 4 + 1));
+            lu.execute(&n, &pr_out(0x07, c.t, p.len() as u32), &p, &cfg)
+        }
         _ => {
             let sa = match c.sa {
                 Sa::Register => 0x00,

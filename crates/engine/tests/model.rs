@@ -2,8 +2,8 @@
 //! sense key/ASC/ASCQ, READ KEYS and READ RESERVATION data) from the engine as from a small
 //! reference model written here from docs/pr-semantics.md (REGISTER, REGISTER AND IGNORE EXISTING
 //! KEY, RESERVE, RELEASE, CLEAR, PREEMPT, PREEMPT AND ABORT, REGISTER AND MOVE, READ KEYS, READ
-//! RESERVATION), independently of the engine: a Vec
-//! of (nexus, key), an Option reservation, a generation and per-nexus unit attention queues.
+//! RESERVATION), independently of the engine: a Vec of (nexus, key), an Option reservation, a
+//! generation and per-nexus unit attention queues.
 
 mod common;
 

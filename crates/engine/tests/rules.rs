@@ -1006,3 +1006,35 @@ fn outcome_commit_returns_the_reply() {
     assert_eq!(code(&r), GOOD);
     assert_eq!(lu.registrants.len(), 1);
 }
+
+// ---- The worked example of docs/emulation.md ----
+
+#[test]
+fn worked_example_of_the_emulation_doc() {
+    let (i1, i2) = (nexus(1), nexus(2));
+    let mut lu = registered(&[(1, 0x1111), (2, 0x2222)]);
+    assert_eq!(code(&apply(&mut lu, &i1, RESERVE, 5, 0x1111, 0, 0)), GOOD);
+    let o = out(&lu, &i2, PREEMPT_AND_ABORT, 5, 0x2222, 0x1111, 0, &CFG);
+    assert!(o.changed());
+    assert_eq!(o.tasks_to_abort, vec![i1.clone()]);
+    o.commit(&mut lu);
+    assert!(matches!(
+        lu.access(&i1, CommandClass::Write),
+        Access::UnitAttention(UnitAttention::RegistrationsPreempted)
+    ));
+    let mut lu = lu.admit(&i1, CommandClass::Write).state.unwrap();
+    assert_eq!(
+        lu.access(&i1, CommandClass::Write),
+        Access::ReservationConflict
+    );
+    assert_eq!(lu.access(&i1, CommandClass::Read), Access::Allowed);
+    assert_eq!(
+        read_keys(&mut lu, &i2).data,
+        [0, 0, 0, 3, 0, 0, 0, 8, 0, 0, 0, 0, 0, 0, 0x22, 0x22]
+    );
+    let d = lu.execute(&i2, &pr_in(1, 64), &[], &CFG).reply.data;
+    assert_eq!(
+        d,
+        [0, 0, 0, 3, 0, 0, 0, 16, 0, 0, 0, 0, 0, 0, 0x22, 0x22, 0, 0, 0, 0, 0, 5, 0, 0]
+    );
+}

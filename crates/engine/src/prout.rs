@@ -84,21 +84,49 @@ pub(crate) fn execute(
     config: &EngineConfig,
 ) -> Step {
     let sa = cdb.service_action().map_err(cdb_error)?;
-    if sa == ServiceActionOut::ReplaceLostReservation {
-        // Optional (SPC-5); not implemented, and REPORT CAPABILITIES says RLR_C=0.
-        return Err(Refusal::Check(SenseData::invalid_cdb_field(1, Some(4))));
-    }
     let length = cdb.parameter_list_length as usize;
     let Some(list) = parameters.get(..length) else {
         return Err(check(SenseCode::PARAMETER_LIST_LENGTH_ERROR));
     };
-    if sa == ServiceActionOut::RegisterAndMove {
-        let p = RegisterAndMoveParameters::parse(list).map_err(param_error)?;
-        if p.aptpl && !config.ptpl_capable {
-            return Err(parameter_field(17, Some(0)));
+    let basic = || basic_parameters(sa, list, config);
+    match sa {
+        ServiceActionOut::Register => register(lu, nexus, &basic()?, list, false, config),
+        ServiceActionOut::RegisterAndIgnoreExistingKey => {
+            register(lu, nexus, &basic()?, list, true, config)
         }
-        return register_and_move(lu, nexus, &p, config);
+        ServiceActionOut::Reserve => {
+            let p = basic()?;
+            reserve(lu, nexus, &p, reserve_type(cdb)?)
+        }
+        ServiceActionOut::Release => release(lu, nexus, &basic()?, cdb, config),
+        ServiceActionOut::Clear => clear(lu, nexus, &basic()?, config),
+        ServiceActionOut::Preempt | ServiceActionOut::PreemptAndAbort => {
+            let p = basic()?;
+            let t = reserve_type(cdb)?;
+            let abort = sa == ServiceActionOut::PreemptAndAbort;
+            preempt(lu, nexus, &p, t, abort, config)
+        }
+        ServiceActionOut::RegisterAndMove => {
+            let p = RegisterAndMoveParameters::parse(list).map_err(param_error)?;
+            if p.aptpl && !config.ptpl_capable {
+                return Err(parameter_field(17, Some(0)));
+            }
+            register_and_move(lu, nexus, &p, config)
+        }
+        // Optional (SPC-5); not implemented, and REPORT CAPABILITIES says RLR_C=0.
+        ServiceActionOut::ReplaceLostReservation => {
+            Err(Refusal::Check(SenseData::invalid_cdb_field(1, Some(4))))
+        }
     }
+}
+
+/// The basic parameter list of `sa` (SPC-4 table 183), with the flags `config` does not support
+/// and SPEC_I_PT outside REGISTER refused.
+fn basic_parameters(
+    sa: ServiceActionOut,
+    list: &[u8],
+    config: &EngineConfig,
+) -> Result<BasicParameters, Refusal> {
     if list.len() < BASIC_PARAMETER_LIST_LEN {
         return Err(check(SenseCode::PARAMETER_LIST_LENGTH_ERROR));
     }
@@ -117,29 +145,7 @@ pub(crate) fn execute(
     if registering && p.aptpl && !config.ptpl_capable {
         return Err(parameter_field(20, Some(0)));
     }
-    match sa {
-        ServiceActionOut::Register => register(lu, nexus, &p, list, false, config),
-        ServiceActionOut::RegisterAndIgnoreExistingKey => {
-            register(lu, nexus, &p, list, true, config)
-        }
-        ServiceActionOut::Reserve => {
-            let t = reserve_type(cdb)?;
-            reserve(lu, nexus, &p, t)
-        }
-        ServiceActionOut::Release => release(lu, nexus, &p, cdb, config),
-        ServiceActionOut::Clear => clear(lu, nexus, &p, config),
-        ServiceActionOut::Preempt => {
-            let t = reserve_type(cdb)?;
-            preempt(lu, nexus, &p, t, false, config)
-        }
-        ServiceActionOut::PreemptAndAbort => {
-            let t = reserve_type(cdb)?;
-            preempt(lu, nexus, &p, t, true, config)
-        }
-        ServiceActionOut::RegisterAndMove | ServiceActionOut::ReplaceLostReservation => {
-            unreachable!("handled above")
-        }
-    }
+    Ok(p)
 }
 
 /// The TYPE and SCOPE of RESERVE and PREEMPT, checked before the reservation state.

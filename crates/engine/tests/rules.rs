@@ -326,6 +326,12 @@ fn spec_i_pt_registers_every_listed_initiator() {
     let d = read_keys(&mut lu, &nexus(1)).data;
     assert_eq!(&d[0..8], &[0, 0, 0, 1, 0, 0, 0, 32]);
     assert!(lu.registration(&nexus(2)).is_some());
+    // READ FULL STATUS gives each TransportID back (SPC-4 table 171: descriptors of 24 bytes
+    // plus the TransportID; these three are 24 bytes each).
+    let d = lu.execute(&nexus(1), &pr_in(3, 1024), &[], &CFG).reply.data;
+    assert_eq!(&d[4..8], &[0, 0, 0, 192]);
+    assert_eq!(&d[128..152], &fc_tid(3)[..]);
+    assert_eq!(&d[176..200], &iscsi_tid("iqn.2026-12.test:n4")[..]);
 }
 
 #[test]

@@ -89,8 +89,8 @@ impl LogicalUnit {
     /// (except for [`CommandClass::Exempt`]), then the reservation.
     pub fn access(&self, nexus: &Nexus, class: CommandClass) -> Access {
         if class != CommandClass::Exempt {
-            if let Some(ua) = self.pending_unit_attentions(nexus).first() {
-                return Access::UnitAttention(*ua);
+            if let Some(ua) = self.first_unit_attention(nexus) {
+                return Access::UnitAttention(ua);
             }
         }
         if self.reservation_allows(nexus, class) {

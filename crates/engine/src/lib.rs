@@ -28,6 +28,7 @@
 //! Either way pending unit attentions are lost and the PR generation restarts at zero; the
 //! POWER ON OCCURRED unit attention is the target's to report (it knows every nexus).
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 mod access;
 mod config;

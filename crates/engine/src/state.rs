@@ -176,6 +176,15 @@ impl LogicalUnit {
             .collect()
     }
 
+    /// The oldest pending unit attention for `nexus` (without allocating: the I/O path asks on
+    /// every command).
+    pub(crate) fn first_unit_attention(&self, nexus: &Nexus) -> Option<UnitAttention> {
+        self.unit_attentions
+            .iter()
+            .filter(|q| q.is_for(nexus))
+            .find_map(|q| q.conditions.front().copied())
+    }
+
     /// The oldest pending unit attention for `nexus`, and the state once it has been reported.
     pub(crate) fn take_unit_attention(
         &self,
@@ -195,7 +204,8 @@ impl LogicalUnit {
 
     /// Establishes `ua` for the initiator port of `registrant`. A condition already pending is
     /// not queued twice; when the queue is full the new condition is dropped (the older ones
-    /// already tell the initiator to re-read the reservation state).
+    /// already tell the initiator to re-read the reservation state). The number of queues is
+    /// bounded too (see below), so the state stays bounded however many nexuses come and go.
     pub(crate) fn establish(
         &mut self,
         registrant: &Registrant,
@@ -209,6 +219,17 @@ impl LogicalUnit {
         {
             Some(i) => i,
             None => {
+                // Queues of nexuses that were preempted and never came back would otherwise
+                // accumulate: beyond 2 × max_registrations the oldest such queue goes.
+                if self.unit_attentions.len() >= 2 * config.max_registrations.max(1) {
+                    let stale = self
+                        .unit_attentions
+                        .iter()
+                        .position(|q| !self.registrants.iter().any(|r| r.nexus == q.nexus));
+                    if let Some(i) = stale {
+                        self.unit_attentions.remove(i);
+                    }
+                }
                 self.unit_attentions.push(PendingUnitAttentions {
                     nexus: registrant.nexus.clone(),
                     all_target_ports: registrant.all_tg_pt,

@@ -1044,3 +1044,25 @@ fn worked_example_of_the_emulation_doc() {
         [0, 0, 0, 3, 0, 0, 0, 16, 0, 0, 0, 0, 0, 0, 0x22, 0x22, 0, 0, 0, 0, 0, 5, 0, 0]
     );
 }
+
+#[test]
+fn unit_attention_queues_of_departed_nexuses_are_bounded() {
+    let cfg = EngineConfig {
+        max_registrations: 2,
+        ..CFG
+    };
+    let mut lu = LogicalUnit::default();
+    out(&lu.clone(), &nexus(1), REGISTER, 0, 0, 0x1, 0, &cfg).commit(&mut lu);
+    // Nexuses 10.. register and are preempted one after the other, never to return.
+    for n in 10..20u8 {
+        out(&lu.clone(), &nexus(n), REGISTER, 0, 0, 0x2, 0, &cfg).commit(&mut lu);
+        out(&lu.clone(), &nexus(1), PREEMPT, 5, 0x1, 0x2, 0, &cfg).commit(&mut lu);
+    }
+    assert_eq!(lu.unit_attentions.len(), 4);
+    // The most recent ones are kept.
+    assert_eq!(
+        lu.pending_unit_attentions(&nexus(19)),
+        vec![UnitAttention::RegistrationsPreempted]
+    );
+    assert!(lu.pending_unit_attentions(&nexus(10)).is_empty());
+}

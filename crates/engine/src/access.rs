@@ -1,7 +1,7 @@
 //! The access check of an I/O path: may this I_T nexus run a command of this class now, and
-//! which unit attention must it see first (SPC-4 §5.13.1 table 59 "SPC commands that are
-//! allowed in the presence of various reservations", SBC-3 §4.17 table 13 for reads and writes;
-//! SAM-5 §5.14 for unit attentions).
+//! which unit attention must it see first (SPC-4 §5.13.1, table "SPC commands that are
+//! allowed in the presence of various reservations", and SBC-3's table of the block commands
+//! allowed in their presence for reads and writes; SAM-5 §5.14 for unit attentions).
 
 use pr_scsi::ReservationType;
 
@@ -16,7 +16,7 @@ pub enum CommandClass {
     Read,
     /// Changes the medium (SBC-3: WRITE, WRITE SAME, UNMAP, SYNCHRONIZE CACHE …).
     Write,
-    /// Other commands SPC-4 table 59 answers "Conflict" for a non-holder of WE/EA and for an
+    /// Other commands the SPC-4 table answers "Conflict" for a non-holder of WE/EA and for an
     /// unregistered nexus under the registrants types (MODE SELECT, MODE SENSE, LOG SELECT,
     /// READ BUFFER, WRITE BUFFER, RECEIVE DIAGNOSTIC RESULTS, SEND DIAGNOSTIC …): as a write.
     Other,

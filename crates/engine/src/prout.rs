@@ -184,7 +184,7 @@ fn check_capacity(next: &LogicalUnit, config: &EngineConfig) -> Result<(), Refus
     Ok(())
 }
 
-/// REGISTER and REGISTER AND IGNORE EXISTING KEY (SPC-4 §5.13.7, §5.13.11.3, tables 54–55).
+/// REGISTER and REGISTER AND IGNORE EXISTING KEY (SPC-4 §5.13.7, Registering).
 fn register(
     lu: &LogicalUnit,
     nexus: &Nexus,
@@ -321,7 +321,7 @@ fn take_registrants(
     gone
 }
 
-/// PREEMPT and PREEMPT AND ABORT (SPC-4 §5.13.11.4, figure 11).
+/// PREEMPT and PREEMPT AND ABORT (SPC-4 §5.13.11.4, Preempting, and its flowchart).
 fn preempt(
     lu: &LogicalUnit,
     nexus: &Nexus,

@@ -113,7 +113,9 @@ pub struct Outcome {
     /// The reply for the initiator.
     pub reply: Reply,
     /// The new state, when the command changed it (a store writes exactly then). `None` for
-    /// every refused command, PR IN and PR OUT that changed nothing.
+    /// every refused command (RESERVATION CONFLICT, ILLEGAL REQUEST) and for a PR IN or PR OUT
+    /// that changed nothing. A reported unit attention is the one CHECK CONDITION with a state:
+    /// the command did not run, and the state is the old one without that condition.
     pub state: Option<LogicalUnit>,
     /// PREEMPT AND ABORT: the I_T nexuses whose tasks the target must abort (SPC-4
     /// §5.13.11.4.5); the issuer is never among them.

@@ -248,7 +248,7 @@ impl LogicalUnit {
     }
 
     /// Removes the registration at `index` as REGISTER with a zero service action key does
-    /// (SPC-4 §5.13.11.3): the holder of a type 1, 3, 5 or 6 reservation releases it (types 5
+    /// (SPC-4 §5.13.7, Registering): the holder of a type 1, 3, 5 or 6 reservation releases it (types 5
     /// and 6 with RESERVATIONS RELEASED to the other registrants); an all-registrants
     /// reservation ends with its last registrant.
     pub(crate) fn unregister(&mut self, index: usize, config: &EngineConfig) {

@@ -46,7 +46,7 @@ const CFG: EngineConfig = EngineConfig {
     all_tg_pt_capable: true,
 };
 
-// ---- REGISTER (SPC-4 §5.13.7, table 54) ----
+// ---- REGISTER (SPC-4 §5.13.7, Registering) ----
 
 #[test]
 fn register_then_read_keys_spc4_table_166() {
@@ -114,7 +114,7 @@ fn unregister_removes_key_and_increments_generation() {
 
 #[test]
 fn unregistering_the_holder_of_a_registrants_only_type_releases_with_ua() {
-    // SPC-4 §5.13.11.3: RESERVATIONS RELEASED (2Ah/04h) to the other registrants for types 5, 6.
+    // SPC-4 §5.13.7 (unregistering the holder): RESERVATIONS RELEASED (2Ah/04h) to the other registrants for types 5, 6.
     for t in [5u8, 6] {
         let mut lu = reserved(&[(1, 0x1), (2, 0x2)], 1, t);
         apply(&mut lu, &nexus(1), REGISTER, 0, 0x1, 0, 0);
@@ -301,14 +301,14 @@ fn spec_list(ids: &[Vec<u8>]) -> Vec<u8> {
 }
 
 fn fc_tid(last: u8) -> Vec<u8> {
-    // SPC-4 table 372: protocol 0h, N_PORT_NAME at bytes 8..16, 24 bytes.
+    // SPC-4 §7.6.4, Fibre Channel TransportID: protocol 0h, N_PORT_NAME at bytes 8..16, 24 bytes.
     let mut b = vec![0u8; 24];
     b[8..16].copy_from_slice(&[0x21, 0, 0, 0, 0, 0, 0, last]);
     b
 }
 
 fn iscsi_tid(name: &str) -> Vec<u8> {
-    // SPC-4 table 381: protocol 5h format 00b, ADDITIONAL LENGTH (multiple of 4), NUL-terminated.
+    // SPC-4 §7.6.4, iSCSI TransportID: protocol 5h format 00b, ADDITIONAL LENGTH (multiple of 4), NUL-terminated.
     let len = (name.len() + 1).div_ceil(4) * 4;
     let mut b = vec![0x05, 0, 0, len as u8];
     b.extend_from_slice(name.as_bytes());
@@ -920,7 +920,8 @@ fn unit_attention_queue_is_bounded_and_has_no_duplicates() {
     assert_eq!(lu.pending_unit_attentions(&nexus(2)).len(), 2);
 }
 
-// ---- Access table (SPC-4 table 59, SBC-3 table 13) ----
+// ---- Access table (SPC-4 "SPC commands that are allowed in the presence of various
+// reservations", and SBC-3's table for the block commands) ----
 
 #[test]
 fn access_table_for_every_type() {

@@ -119,6 +119,9 @@ proptest! {
             if o.reply.status.0 != 0x00 && !unit_attention {
                 // A refused command changes nothing.
                 prop_assert!(o.state.is_none(), "{c:?} refused but changed the state");
+                prop_assert!(o.tasks_to_abort.is_empty() && o.access_lost.is_empty());
+                // And it is refused the same way again: nothing moved underneath.
+                prop_assert_eq!(&lu.execute(&n, &cdb, &p, &cfg), &o);
             }
             if unit_attention {
                 // Reporting a unit attention only clears it.
@@ -144,6 +147,14 @@ proptest! {
             }
             prop_assert!(lu.registrants.len() <= cfg.max_registrations);
         }
+        // The state a store would write reads back identical, and a power loss keeps the
+        // invariants.
+        let json = serde_json::to_string(&lu).unwrap();
+        prop_assert_eq!(&serde_json::from_str::<LogicalUnit>(&json).unwrap(), &lu);
+        let p = lu.power_loss();
+        prop_assert!(p.check_invariants().is_ok());
+        prop_assert!(p.unit_attentions.is_empty());
+        prop_assert_eq!(p.registrants.is_empty(), !lu.ptpl_active || lu.registrants.is_empty());
     }
 
     #[test]

@@ -45,6 +45,7 @@ macro_rules! code_enum {
     ($(#[$m:meta])* $name:ident { $($(#[$vm:meta])* $var:ident = $val:expr, $long:expr, $short:expr;)* }) => {
         $(#[$m])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
         #[repr(u8)]
         pub enum $name { $($(#[$vm])* $var = $val,)* }
 
@@ -149,6 +150,7 @@ impl ReservationType {
 
 /// The SCOPE field of PR OUT and READ RESERVATION. Only LU_SCOPE (0h) is defined by SPC-4.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub enum Scope {
     LogicalUnit,
 }

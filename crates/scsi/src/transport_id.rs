@@ -13,6 +13,7 @@ pub const MAX_ISCSI_ID_LEN: usize = 256;
 
 /// A decoded TransportID.
 #[derive(Clone, PartialEq, Eq, Hash, Debug)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub enum TransportId {
     /// Fibre Channel: the N_Port name (8 bytes at offset 8 of a 24-byte ID).
     Fc { n_port_name: [u8; 8] },

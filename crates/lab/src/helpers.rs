@@ -116,6 +116,16 @@ impl Helper {
         let _ = self.child.wait();
     }
 
+    /// How the helper ended, if it has.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// What the helper has logged.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
     /// The helper's /proc status (Uid, capabilities…).
     pub fn proc_status(&self) -> String {
         std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default()

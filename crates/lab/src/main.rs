@@ -13,6 +13,7 @@ pub(crate) fn bounded(program: &str) -> std::process::Command {
     c
 }
 mod lio;
+mod random;
 mod run;
 mod scenario;
 mod sgp;

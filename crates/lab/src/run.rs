@@ -15,7 +15,7 @@ use pr_scsi::{Sense, Status};
 use crate::helpers::{Binaries, Helper};
 use crate::lio::Lio;
 use crate::scenario::{Action, Backend, Expect, HelperKind, Mode, Scenario, State};
-use crate::sgp;
+use crate::{random, sgp};
 
 /// One reply, whichever way it came.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -244,6 +244,51 @@ fn io(device: &Path, write: bool) -> Result<bool, String> {
     Ok(st.success())
 }
 
+/// Sends one command through every path (initiator `initiator`, each path's LU) and checks
+/// that every path gave the same answer, byte for byte; returns the answers.
+fn on_every_path(
+    paths: &mut [(Way, usize)],
+    lio: &Lio,
+    initiator: usize,
+    operation: &Operation,
+) -> Result<Vec<Answer>, String> {
+    let mut answers = Vec::new();
+    for (path, lu) in paths.iter_mut() {
+        let dev = &lio.devices[initiator][*lu];
+        let a = match path {
+            Way::Helper { socket, client } => via_helper(socket, client, dev, operation),
+            Way::Direct => via_sg_raw(dev, operation),
+        }
+        .map_err(|e| format!("{} on {}: {e}", path.name(), dev.display()))?;
+        answers.push(a);
+    }
+    if let Some(other) = answers.get(1) {
+        if other != &answers[0] {
+            return Err(format!(
+                "the paths differ: {} gave {}, {} gave {}",
+                paths[0].0.name(),
+                answers[0].describe(),
+                paths[1].0.name(),
+                other.describe()
+            ));
+        }
+    }
+    Ok(answers)
+}
+
+/// Our helper has not died (a device that corrupted its memory would have killed it).
+fn ours_alive(helpers: &mut [Helper]) -> Result<(), String> {
+    for h in helpers.iter_mut().filter(|h| h.kind == HelperKind::Ours) {
+        if let Some(status) = h.exited() {
+            return Err(format!(
+                "our helper exited ({status}); its log:\n{}",
+                h.log_text()
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Runs a scenario. Returns the transcript; Err carries the transcript and the failure.
 pub fn run(
     sc: &Scenario,
@@ -318,39 +363,101 @@ fn run_inner(
                 expect,
                 state,
             } => {
-                let mut answers = Vec::new();
-                for (path, lu) in paths.iter_mut() {
-                    let dev = &lio.devices[*initiator][*lu];
-                    let a = match path {
-                        Way::Helper { socket, client } => {
-                            via_helper(socket, client, dev, operation)
-                        }
-                        Way::Direct => via_sg_raw(dev, operation),
-                    }
-                    .map_err(|e| at(format!("{} on {}: {e}", path.name(), dev.display())))?;
-                    answers.push(a);
-                }
+                let answers = on_every_path(&mut paths, &lio, *initiator, operation).map_err(at)?;
                 log.push(format!(
                     "{:<60} {} ({} ms)",
                     step.text,
                     answers[0].describe(),
                     t0.elapsed().as_millis()
                 ));
-                if let Some(other) = answers.get(1) {
-                    if other != &answers[0] {
-                        return Err(at(format!(
-                            "the paths differ: {} gave {}, {} gave {}",
-                            paths[0].0.name(),
-                            answers[0].describe(),
-                            paths[1].0.name(),
-                            other.describe()
-                        )));
-                    }
-                }
                 check_expect(expect, &answers[0]).map_err(at)?;
                 if let Some(s) = state {
                     check_state(s, operation, &answers[0]).map_err(at)?;
                 }
+            }
+            Action::SweepAlloc { initiator, lengths } => {
+                let mut n = 0;
+                for sa in 0..=3u8 {
+                    for alloc in lengths.clone() {
+                        let mut cdb = [0u8; 16];
+                        cdb[0] = pr_scsi::PERSISTENT_RESERVE_IN;
+                        cdb[1] = sa;
+                        cdb[7..9].copy_from_slice(&alloc.to_be_bytes());
+                        let op = Operation::Raw {
+                            cdb,
+                            data: Vec::new(),
+                        };
+                        on_every_path(&mut paths, &lio, *initiator, &op).map_err(|e| {
+                            at(format!(
+                                "service action {sa}, allocation length {alloc}: {e}"
+                            ))
+                        })?;
+                        n += 1;
+                    }
+                }
+                ours_alive(&mut helpers).map_err(at)?;
+                log.push(format!(
+                    "{:<60} {n} commands, identical on every path ({} ms)",
+                    step.text,
+                    t0.elapsed().as_millis()
+                ));
+            }
+            Action::Random { seed, steps, probe } => {
+                let who = random::Initiators {
+                    count: sc.initiators,
+                    fabric: sc.fabric,
+                };
+                let mut rng = random::Rng::new(*seed);
+                let mut statuses = std::collections::BTreeMap::new();
+                // The steps before a failure, which it is usually a consequence of.
+                let mut recent = std::collections::VecDeque::new();
+                for k in 1..=*steps {
+                    let (initiator, op) = random::step(&mut rng, who);
+                    let (cdb, data) = op.request();
+                    let what = format!(
+                        "step {k}: I{} cdb {} data {}",
+                        initiator + 1,
+                        pr_ctl::values::hex(&cdb[..10]),
+                        pr_ctl::values::hex(&data)
+                    );
+                    let answers = on_every_path(&mut paths, &lio, initiator, &op).map_err(|e| {
+                        at(format!(
+                            "random {what} (seed {seed}: replay with `random {seed} {k}`): {e}\n\
+                             the {} steps before it:\n{}",
+                            recent.len(),
+                            Vec::from(recent.clone()).join("\n")
+                        ))
+                    })?;
+                    for prober in (0..sc.initiators).filter(|_| *probe) {
+                        let mut cdb = [0u8; 16];
+                        cdb[..9].copy_from_slice(&[0x5e, 3, 0, 0, 0, 0, 0, 0x20, 0]);
+                        let read = Operation::Raw {
+                            cdb,
+                            data: Vec::new(),
+                        };
+                        on_every_path(&mut paths, &lio, prober, &read).map_err(|e| {
+                            at(format!(
+                                "random {what} (seed {seed}): I{}'s READ FULL STATUS after it: \
+                                 {e}\nthe {} steps before it:\n{}",
+                                prober + 1,
+                                recent.len(),
+                                Vec::from(recent.clone()).join("\n")
+                            ))
+                        })?;
+                    }
+                    if recent.len() == 40 {
+                        recent.pop_front();
+                    }
+                    recent.push_back(format!("{what} => {}", answers[0].describe()));
+                    *statuses.entry(answers[0].status).or_insert(0usize) += 1;
+                }
+                ours_alive(&mut helpers).map_err(at)?;
+                log.push(format!(
+                    "{:<60} {steps} commands, identical on every path; statuses {statuses:02x?} \
+                     ({} ms)",
+                    step.text,
+                    t0.elapsed().as_millis()
+                ));
             }
             Action::SgPersist { initiator, read } => {
                 let dev = &lio.devices[*initiator][0];

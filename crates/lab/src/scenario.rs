@@ -16,6 +16,8 @@
 //! I2 raw --cdb 5e09 => check 05/24/00
 //! I2 sg-persist status                   # pr-ctl's decoding equals sg_persist's
 //! I1 write                               => conflict
+//! I1 sweep-alloc 1-256                   # every PR IN service action at each allocation length
+//! random 7 2000                          # 2000 seeded random PR commands from every initiator
 //! restart-helper
 //! sleep 1
 //! ```
@@ -103,6 +105,21 @@ pub enum Action {
         initiator: usize,
         write: bool,
         expect: Expect,
+    },
+    /// Every PR IN service action (0-3) with each allocation length in `lengths`, on every
+    /// path; our helper must still be running afterwards.
+    SweepAlloc {
+        initiator: usize,
+        lengths: std::ops::RangeInclusive<u16>,
+    },
+    /// `steps` seeded random PR IN/OUT commands from all initiators (`crate::random`), on
+    /// every path; our helper must still be running afterwards. With `probe`, every initiator
+    /// reads the full status after each step, so that a divergence (unit attentions included)
+    /// shows at the step that caused it (for replays).
+    Random {
+        seed: u64,
+        steps: usize,
+        probe: bool,
     },
     RestartHelper,
     Sleep(f64),
@@ -298,6 +315,20 @@ fn parse_into(
                 parse_into(sc, file, &inc, dir, depth + 1)?;
                 continue;
             }
+            "random" => {
+                let seed = words.get(1).and_then(|w| w.parse::<u64>().ok());
+                let steps = number(words.get(2), 1, 100_000).ok();
+                let probe = words.get(3) == Some(&"probe");
+                match (seed, steps, words.len() - usize::from(probe)) {
+                    (Some(seed), Some(steps), 3) => Action::Random { seed, steps, probe },
+                    _ => {
+                        return Err(at(
+                            "expected random SEED STEPS [probe] (a seed of 0 to 2^64-1, 1 to 100000 steps)"
+                                .into(),
+                        ))
+                    }
+                }
+            }
             "restart-helper" => Action::RestartHelper,
             "check-privileges" => Action::CheckPrivileges,
             "sleep" => Action::Sleep(
@@ -332,6 +363,23 @@ fn parse_into(
                             })?
                             .to_string(),
                     },
+                    "sweep-alloc" => {
+                        let bad = || {
+                            at("expected sweep-alloc FROM-TO (allocation lengths, 0-8192)".into())
+                        };
+                        let (from, to) = words
+                            .get(2)
+                            .and_then(|r| r.split_once('-'))
+                            .ok_or_else(bad)?;
+                        let n = |v: &str| v.parse::<u16>().ok().filter(|n| *n <= 8192);
+                        match (n(from), n(to), words.len()) {
+                            (Some(from), Some(to), 3) if from <= to => Action::SweepAlloc {
+                                initiator,
+                                lengths: from..=to,
+                            },
+                            _ => return Err(bad()),
+                        }
+                    }
                     "write" | "read" => Action::Io {
                         initiator,
                         write: sub == "write",
@@ -398,12 +446,29 @@ mod tests {
              I1 keys => good keys 0x1111 0x2222\n\
              I1 reservation => good holder 0x1111 we-ro\n\
              I2 raw --cdb 5e09 => check 05/24/00\n\
-             I2 sg-persist status\nI1 write => conflict\nrestart-helper\nsleep 0.5\n",
+             I2 sg-persist status\nI1 write => conflict\nrestart-helper\nsleep 0.5\n\
+             I2 sweep-alloc 1-256\nrandom 18446744073709551615 2000\n",
             None,
         )
         .unwrap();
         assert_eq!(sc.mode, Mode::Parity);
-        assert_eq!(sc.steps.len(), 9);
+        assert_eq!(sc.steps.len(), 11);
+        match (&sc.steps[9].action, &sc.steps[10].action) {
+            (
+                Action::SweepAlloc { initiator, lengths },
+                Action::Random {
+                    seed,
+                    steps,
+                    probe: false,
+                },
+            ) => {
+                assert_eq!(
+                    (*initiator, lengths.clone(), *seed, *steps),
+                    (1, 1..=256, u64::MAX, 2000)
+                )
+            }
+            a => panic!("{a:?}"),
+        }
         match &sc.steps[3].action {
             Action::Command { state, .. } => assert_eq!(
                 state,
@@ -446,5 +511,24 @@ mod tests {
         assert!(e.contains("lus 2"), "{e}");
         let e = parse("t", "I1 keys => maybe\n", None).unwrap_err();
         assert!(e.contains("unknown expectation"), "{e}");
+        for bad in [
+            "I1 sweep-alloc 9-2",
+            "I1 sweep-alloc 1-9000",
+            "I1 sweep-alloc 5",
+            "I1 sweep-alloc",
+        ] {
+            let e = parse("t", bad, None).unwrap_err();
+            assert!(e.contains("expected sweep-alloc FROM-TO"), "{bad}: {e}");
+        }
+        for bad in [
+            "random",
+            "random 1",
+            "random x 5",
+            "random 1 0",
+            "random 1 5 6",
+        ] {
+            let e = parse("t", bad, None).unwrap_err();
+            assert!(e.contains("expected random SEED STEPS"), "{bad}: {e}");
+        }
     }
 }

@@ -1,0 +1,61 @@
+//! Durable stores of the persistent-reservation state of emulated logical units.
+//!
+//! A [`Store`] keeps one [`LogicalUnit`] per [`LuId`] and applies each command as one atomic
+//! transaction: read the state, run the pure engine ([`LogicalUnit::execute`]), and, when the
+//! state changed, write it durably *before* the reply is returned. A missing logical unit is an
+//! empty state ([`LogicalUnit::default`]). [`SqliteStore`] is the embedded implementation (one
+//! database file shared by every helper process of the host); an etcd store is to follow behind
+//! the same trait.
+//!
+//! The store knows the engine's state only as a serializable value with a generation: it knows
+//! nothing of SCSI beyond calling the engine, nothing of sockets, QEMU or the daemon.
+//!
+//! An export is [`Store::load`] followed by `serde_json`; an import is [`Store::import`].
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod bench;
+mod error;
+mod lu_id;
+mod sqlite;
+
+pub use error::{ErrorKind, StoreError};
+pub use lu_id::{LuId, MAX_LU_ID_LEN};
+pub use sqlite::{SqliteOptions, SqliteStore, SCHEMA_VERSION};
+
+use pr_engine::{EngineConfig, LogicalUnit, Nexus, Outcome};
+
+/// Where the persistent-reservation state of emulated logical units lives. Every method is one
+/// atomic transaction on the store; implementations serialise the commands of one logical
+/// unit across threads and processes.
+pub trait Store: Send + Sync {
+    /// Runs one PERSISTENT RESERVE IN or OUT from `nexus` on `lu`: reads its state (empty when
+    /// the logical unit is unknown), runs [`LogicalUnit::execute`], and when the outcome
+    /// carries a new state writes it durably, as one atomic transaction, before returning.
+    /// A SCSI refusal is an `Ok` outcome; `Err` means the store could not execute the command
+    /// (and then nothing was written).
+    fn execute(
+        &self,
+        lu: &LuId,
+        nexus: &Nexus,
+        cdb: &[u8],
+        params: &[u8],
+        config: &EngineConfig,
+    ) -> Result<Outcome, StoreError>;
+
+    /// The stored state of `lu`, or `None` when the store has none.
+    fn load(&self, lu: &LuId) -> Result<Option<LogicalUnit>, StoreError>;
+
+    /// Every logical unit with a stored state, in ascending order.
+    fn list(&self) -> Result<Vec<LuId>, StoreError>;
+
+    /// Applies [`LogicalUnit::power_loss`] to the stored state of `lu` atomically (nothing to
+    /// do for a logical unit without a state).
+    fn power_loss(&self, lu: &LuId) -> Result<(), StoreError>;
+
+    /// Removes the stored state of `lu` (no error when there is none).
+    fn clear(&self, lu: &LuId) -> Result<(), StoreError>;
+
+    /// Replaces the state of `lu` by `state`, after [`LogicalUnit::check_invariants`].
+    fn import(&self, lu: &LuId, state: &LogicalUnit) -> Result<(), StoreError>;
+}

@@ -1,0 +1,248 @@
+//! The embedded store: one SQLite database file, one row per logical unit (its state as JSON
+//! and its PR generation), shared by every helper process of the host.
+//!
+//! Durability: WAL journal with `synchronous=FULL`, so a committed transaction is on disk
+//! before the reply. Serialisation: each write transaction starts with `BEGIN IMMEDIATE`,
+//! which takes the database's write lock before reading the state, so commands from several
+//! processes never interleave between the read and the write. Group commit: the commands of
+//! one process go to one writer thread, which applies everything queued (up to
+//! [`SqliteOptions::max_batch`]) in one transaction and one fsync, then answers each.
+
+mod schema;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use pr_engine::{EngineConfig, LogicalUnit, Nexus, Outcome};
+use rusqlite::{Connection, ErrorCode, OptionalExtension};
+
+pub use schema::SCHEMA_VERSION;
+use writer::{Answer, Job, Op};
+
+use crate::error::StoreError;
+use crate::lu_id::LuId;
+use crate::Store;
+
+/// Tuning of a [`SqliteStore`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SqliteOptions {
+    /// How long a transaction waits for another process's write lock before failing with
+    /// [`StoreError::Busy`].
+    pub busy_timeout: Duration,
+    /// Most commands applied in one transaction (one fsync). 1 commits every command alone.
+    pub max_batch: usize,
+}
+
+impl Default for SqliteOptions {
+    /// A 5 s busy timeout and batches of up to 256 commands.
+    fn default() -> Self {
+        SqliteOptions {
+            busy_timeout: Duration::from_secs(5),
+            max_batch: 256,
+        }
+    }
+}
+
+/// The SQLite store (see the module documentation). Dropping it lets the writer thread finish
+/// the commands already queued and joins it.
+#[derive(Debug)]
+pub struct SqliteStore {
+    path: PathBuf,
+    busy_timeout: Duration,
+    /// Reads (`load`, `list`); WAL readers never wait for the writer.
+    reader: Mutex<Connection>,
+    jobs: Option<mpsc::Sender<Job>>,
+    writer: Option<JoinHandle<()>>,
+}
+
+impl SqliteStore {
+    /// Opens (or creates) the store at `path` with the default options.
+    pub fn open(path: impl AsRef<Path>) -> Result<SqliteStore, StoreError> {
+        SqliteStore::open_with(path, SqliteOptions::default())
+    }
+
+    /// Opens (or creates) the store at `path`. A corrupt file, another application's
+    /// database or a newer schema is an error naming `path`, and the file is left untouched;
+    /// an older schema is migrated.
+    pub fn open_with(
+        path: impl AsRef<Path>,
+        options: SqliteOptions,
+    ) -> Result<SqliteStore, StoreError> {
+        let path = path.as_ref().to_owned();
+        let write = schema::open(&path, &options)?;
+        let reader = schema::open(&path, &options)?;
+        let busy_timeout = options.busy_timeout;
+        let (jobs, queue) = mpsc::channel();
+        let ctx = writer::Context {
+            path: path.clone(),
+            options,
+        };
+        let writer = std::thread::Builder::new()
+            .name("pr-store-writer".into())
+            .spawn(move || writer::run(write, queue, ctx))
+            .map_err(|_| StoreError::Closed { path: path.clone() })?;
+        Ok(SqliteStore {
+            path,
+            busy_timeout,
+            reader: Mutex::new(reader),
+            jobs: Some(jobs),
+            writer: Some(writer),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn submit(&self, lu: &LuId, op: Op) -> Result<Answer, StoreError> {
+        let closed = || StoreError::Closed {
+            path: self.path.clone(),
+        };
+        let (reply, answer) = mpsc::sync_channel(1);
+        let job = Job {
+            lu: lu.clone(),
+            op,
+            reply,
+        };
+        self.jobs
+            .as_ref()
+            .ok_or_else(closed)?
+            .send(job)
+            .map_err(|_| closed())?;
+        answer.recv().map_err(|_| closed())?
+    }
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        self.jobs.take();
+        if let Some(w) = self.writer.take() {
+            let _ = w.join();
+        }
+    }
+}
+
+impl Store for SqliteStore {
+    fn execute(
+        &self,
+        lu: &LuId,
+        nexus: &Nexus,
+        cdb: &[u8],
+        params: &[u8],
+        config: &EngineConfig,
+    ) -> Result<Outcome, StoreError> {
+        let op = Op::Execute {
+            nexus: nexus.clone(),
+            cdb: cdb.to_vec(),
+            params: params.to_vec(),
+            config: config.clone(),
+        };
+        match self.submit(lu, op)? {
+            Answer::Outcome(o) => Ok(*o),
+            Answer::Done => unreachable!("execute is answered with an outcome"),
+        }
+    }
+
+    fn load(&self, lu: &LuId) -> Result<Option<LogicalUnit>, StoreError> {
+        let conn = self.reader.lock().unwrap_or_else(PoisonError::into_inner);
+        read_state(&conn, &self.path, lu, self.busy_timeout)
+    }
+
+    fn list(&self) -> Result<Vec<LuId>, StoreError> {
+        let conn = self.reader.lock().unwrap_or_else(PoisonError::into_inner);
+        let err = |e| {
+            sqlite_error(
+                &self.path,
+                None,
+                "listing logical units",
+                self.busy_timeout,
+                e,
+            )
+        };
+        let mut stmt = conn
+            .prepare_cached("SELECT lu_id FROM logical_units ORDER BY lu_id")
+            .map_err(err)?;
+        let ids = stmt
+            .query_map([], |r| r.get::<_, String>(0))
+            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+            .map_err(err)?;
+        ids.into_iter()
+            .map(|id| {
+                LuId::new(id).map_err(|e| StoreError::Corrupt {
+                    path: self.path.clone(),
+                    detail: format!("a stored {e}"),
+                })
+            })
+            .collect()
+    }
+
+    fn power_loss(&self, lu: &LuId) -> Result<(), StoreError> {
+        self.submit(lu, Op::PowerLoss).map(drop)
+    }
+
+    fn clear(&self, lu: &LuId) -> Result<(), StoreError> {
+        self.submit(lu, Op::Clear).map(drop)
+    }
+
+    fn import(&self, lu: &LuId, state: &LogicalUnit) -> Result<(), StoreError> {
+        state
+            .check_invariants()
+            .map_err(|reason| StoreError::InvalidState {
+                lu: lu.clone(),
+                reason,
+            })?;
+        self.submit(lu, Op::Import(state.clone())).map(drop)
+    }
+}
+
+/// The stored state of `lu`, read on `conn` (inside the caller's transaction, if any).
+fn read_state(
+    conn: &Connection,
+    path: &Path,
+    lu: &LuId,
+    busy_timeout: Duration,
+) -> Result<Option<LogicalUnit>, StoreError> {
+    let json: Option<String> = conn
+        .prepare_cached("SELECT state FROM logical_units WHERE lu_id = ?1")
+        .and_then(|mut s| s.query_row([lu.as_str()], |r| r.get(0)).optional())
+        .map_err(|e| sqlite_error(path, Some(lu), "reading the state", busy_timeout, e))?;
+    json.map(|j| {
+        serde_json::from_str(&j).map_err(|e| StoreError::CorruptState {
+            path: path.to_owned(),
+            lu: lu.clone(),
+            source: Arc::new(e),
+        })
+    })
+    .transpose()
+}
+
+/// A SQLite failure as a [`StoreError`]: a lock held past the busy timeout is
+/// [`StoreError::Busy`], a malformed file [`StoreError::Corrupt`].
+pub(crate) fn sqlite_error(
+    path: &Path,
+    lu: Option<&LuId>,
+    operation: &'static str,
+    busy_timeout: Duration,
+    e: rusqlite::Error,
+) -> StoreError {
+    match e.sqlite_error_code() {
+        Some(ErrorCode::DatabaseBusy) | Some(ErrorCode::DatabaseLocked) => StoreError::Busy {
+            path: path.to_owned(),
+            timeout: busy_timeout,
+        },
+        Some(ErrorCode::NotADatabase) | Some(ErrorCode::DatabaseCorrupt) => StoreError::Corrupt {
+            path: path.to_owned(),
+            detail: format!("{operation}: {e}"),
+        },
+        _ => StoreError::Database {
+            path: path.to_owned(),
+            lu: lu.cloned(),
+            operation,
+            source: Arc::new(e),
+        },
+    }
+}

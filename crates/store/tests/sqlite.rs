@@ -1,0 +1,357 @@
+//! The SQLite store on real database files in temporary directories.
+
+mod common;
+
+use std::sync::Barrier;
+use std::time::Duration;
+
+use common::*;
+use pr_engine::{LogicalUnit, ReservationHolder};
+use pr_scsi::ReservationKey;
+use pr_store::{ErrorKind, LuId, SqliteOptions, SqliteStore, Store, SCHEMA_VERSION};
+use rusqlite::Connection;
+
+fn keys(state: &LogicalUnit) -> Vec<u64> {
+    let mut k: Vec<u64> = state.registrants.iter().map(|r| r.key.0).collect();
+    k.sort_unstable();
+    k
+}
+
+#[test]
+fn state_survives_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pr.db");
+    let lu = lu();
+    {
+        let s = SqliteStore::open(&path).unwrap();
+        assert_eq!(status(&register(&s, &lu, 1, 0x1111, 0)), GOOD);
+        assert_eq!(status(&register(&s, &lu, 2, 0x2222, 0)), GOOD);
+        let o = s
+            .execute(
+                &lu,
+                &nexus(1),
+                &pr_out(RESERVE, WRITE_EXCLUSIVE),
+                &basic(0x1111, 0, 0),
+                &config(),
+            )
+            .unwrap();
+        assert_eq!(status(&o), GOOD);
+    }
+    let s = SqliteStore::open(&path).unwrap();
+    assert_eq!(s.list().unwrap(), std::slice::from_ref(&lu));
+    let state = s.load(&lu).unwrap().unwrap();
+    assert_eq!(state.generation.0, 2);
+    assert_eq!(keys(&state), [0x1111, 0x2222]);
+    assert_eq!(
+        state.reservation.unwrap().holder,
+        ReservationHolder::Registrant(nexus(1))
+    );
+    // READ KEYS through the store (SPC-4 table 166): generation 2, list length 16, both keys.
+    let o = s
+        .execute(&lu, &nexus(2), &pr_in(READ_KEYS, 64), &[], &config())
+        .unwrap();
+    assert_eq!(
+        o.reply.data,
+        [0, 0, 0, 2, 0, 0, 0, 16, 0, 0, 0, 0, 0, 0, 0x11, 0x11, 0, 0, 0, 0, 0, 0, 0x22, 0x22]
+    );
+    assert!(o.state.is_none());
+}
+
+#[test]
+fn a_refused_command_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = SqliteStore::open(dir.path().join("pr.db")).unwrap();
+    let lu = lu();
+    // PR IN on an unknown logical unit creates no row.
+    let o = s
+        .execute(&lu, &nexus(1), &pr_in(READ_KEYS, 64), &[], &config())
+        .unwrap();
+    assert_eq!(o.reply.data, [0, 0, 0, 0, 0, 0, 0, 0]);
+    assert!(s.list().unwrap().is_empty());
+    // A RESERVE from an unregistered nexus is refused, and nothing is created.
+    let o = s
+        .execute(
+            &lu,
+            &nexus(1),
+            &pr_out(RESERVE, WRITE_EXCLUSIVE),
+            &basic(0x1111, 0, 0),
+            &config(),
+        )
+        .unwrap();
+    assert_eq!(status(&o), RESERVATION_CONFLICT);
+    assert!(s.list().unwrap().is_empty());
+    register(&s, &lu, 1, 0x1111, 0);
+    let before = s.load(&lu).unwrap().unwrap();
+    // REGISTER with a wrong key: RESERVATION CONFLICT, the state is as it was.
+    let o = s
+        .execute(
+            &lu,
+            &nexus(1),
+            &pr_out(REGISTER, 0),
+            &basic(0x9999, 0x3333, 0),
+            &config(),
+        )
+        .unwrap();
+    assert_eq!(status(&o), RESERVATION_CONFLICT);
+    assert_eq!(s.load(&lu).unwrap().unwrap(), before);
+}
+
+#[test]
+fn a_new_file_gets_the_current_schema_and_reopens() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pr.db");
+    drop(SqliteStore::open(&path).unwrap());
+    drop(SqliteStore::open(&path).unwrap());
+    let c = Connection::open(&path).unwrap();
+    let v: i64 = c
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(v, SCHEMA_VERSION);
+    let mode: String = c
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, "wal");
+}
+
+#[test]
+fn a_corrupt_file_is_refused_and_left_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pr.db");
+    let junk: Vec<u8> = (0..8192u32).map(|i| (i * 7 + 3) as u8).collect();
+    std::fs::write(&path, &junk).unwrap();
+    let e = SqliteStore::open(&path).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
+    assert!(e.to_string().contains(&path.display().to_string()), "{e}");
+    assert_eq!(std::fs::read(&path).unwrap(), junk);
+}
+
+#[test]
+fn a_foreign_database_is_refused_and_left_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("other.db");
+    {
+        let c = Connection::open(&path).unwrap();
+        c.execute_batch("CREATE TABLE photos (id INTEGER); INSERT INTO photos VALUES (1);")
+            .unwrap();
+    }
+    let before = std::fs::read(&path).unwrap();
+    let e = SqliteStore::open(&path).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Foreign, "{e}");
+    let msg = e.to_string();
+    assert!(
+        msg.contains(&path.display().to_string()) && msg.contains("photos"),
+        "{msg}"
+    );
+    assert_eq!(std::fs::read(&path).unwrap(), before);
+    // Another application's id, even without tables, is foreign too.
+    let path2 = dir.path().join("app.db");
+    Connection::open(&path2)
+        .unwrap()
+        .execute_batch("PRAGMA application_id = 1234;")
+        .unwrap();
+    let e = SqliteStore::open(&path2).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Foreign, "{e}");
+}
+
+#[test]
+fn a_newer_schema_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pr.db");
+    drop(SqliteStore::open(&path).unwrap());
+    Connection::open(&path)
+        .unwrap()
+        .execute_batch(&format!("PRAGMA user_version = {};", SCHEMA_VERSION + 1))
+        .unwrap();
+    let e = SqliteStore::open(&path).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NewerSchema, "{e}");
+    assert!(e.to_string().contains(&path.display().to_string()), "{e}");
+}
+
+#[test]
+fn a_missing_directory_is_an_open_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("absent").join("pr.db");
+    let e = SqliteStore::open(&path).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Open, "{e}");
+    assert!(e.to_string().contains("absent"), "{e}");
+}
+
+#[test]
+fn a_lock_held_past_the_busy_timeout_is_a_busy_error_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pr.db");
+    let options = SqliteOptions {
+        busy_timeout: Duration::from_millis(50),
+        ..SqliteOptions::default()
+    };
+    let s = SqliteStore::open_with(&path, options).unwrap();
+    let lu = lu();
+    let other = Connection::open(&path).unwrap();
+    other.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let e = s
+        .execute(
+            &lu,
+            &nexus(1),
+            &pr_out(REGISTER, 0),
+            &basic(0, 1, 0),
+            &config(),
+        )
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Busy, "{e}");
+    assert!(e.to_string().contains("locked by another process"), "{e}");
+    other.execute_batch("COMMIT").unwrap();
+    assert_eq!(s.load(&lu).unwrap(), None);
+    assert_eq!(status(&register(&s, &lu, 1, 1, 0)), GOOD);
+}
+
+#[test]
+fn an_unreadable_state_fails_only_its_logical_unit() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pr.db");
+    let s = SqliteStore::open(&path).unwrap();
+    let bad = LuId::new("naa.bad").unwrap();
+    let good = lu();
+    register(&s, &bad, 1, 1, 0);
+    Connection::open(&path)
+        .unwrap()
+        .execute(
+            "UPDATE logical_units SET state = '{\"generation\": \"x\"}' WHERE lu_id = 'naa.bad'",
+            [],
+        )
+        .unwrap();
+    assert_eq!(s.load(&bad).unwrap_err().kind(), ErrorKind::CorruptState);
+    let e = s
+        .execute(&bad, &nexus(1), &pr_in(READ_KEYS, 64), &[], &config())
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::CorruptState);
+    assert!(e.to_string().contains("naa.bad"), "{e}");
+    assert_eq!(status(&register(&s, &good, 1, 1, 0)), GOOD);
+}
+
+#[test]
+fn power_loss_drops_aptpl_0_registrations_and_keeps_aptpl_1_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = SqliteStore::open(dir.path().join("pr.db")).unwrap();
+    let (volatile, persistent) = (LuId::new("lu-a").unwrap(), LuId::new("lu-b").unwrap());
+    register(&s, &volatile, 1, 0xa1, 0);
+    register(&s, &volatile, 2, 0xa2, 0);
+    register(&s, &persistent, 1, 0xb1, APTPL);
+    register(&s, &persistent, 2, 0xb2, APTPL);
+    s.power_loss(&volatile).unwrap();
+    s.power_loss(&persistent).unwrap();
+    s.power_loss(&LuId::new("lu-unknown").unwrap()).unwrap();
+    assert!(s.load(&volatile).unwrap().unwrap().registrants.is_empty());
+    let p = s.load(&persistent).unwrap().unwrap();
+    assert_eq!(keys(&p), [0xb1, 0xb2]);
+    assert_eq!(p.generation.0, 0);
+    assert_eq!(s.list().unwrap(), [volatile, persistent]);
+}
+
+#[test]
+fn clear_import_and_export() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = SqliteStore::open(dir.path().join("pr.db")).unwrap();
+    let (a, b) = (LuId::new("lu-a").unwrap(), LuId::new("lu-b").unwrap());
+    register(&s, &a, 1, 0x11, 0);
+    register(&s, &a, 2, 0x22, 0);
+    let exported = serde_json::to_string(&s.load(&a).unwrap().unwrap()).unwrap();
+    let state: LogicalUnit = serde_json::from_str(&exported).unwrap();
+    s.import(&b, &state).unwrap();
+    assert_eq!(s.load(&b).unwrap().unwrap(), state);
+    s.clear(&a).unwrap();
+    s.clear(&a).unwrap();
+    assert_eq!(s.load(&a).unwrap(), None);
+    assert_eq!(s.list().unwrap(), std::slice::from_ref(&b));
+    // A state breaking an invariant is refused and nothing is written.
+    let mut broken = state.clone();
+    broken.registrants[1].key = ReservationKey(0);
+    let e = s.import(&b, &broken).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidState, "{e}");
+    assert!(e.to_string().contains("lu-b"), "{e}");
+    assert_eq!(s.load(&b).unwrap().unwrap(), state);
+}
+
+/// Two stores on one file (two connections with their own writer threads, as two helper
+/// processes have) registering concurrently: no registration is lost, so every
+/// read-modify-write was serialised.
+#[test]
+fn two_stores_on_one_file_stay_consistent() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pr.db");
+    let stores = [
+        SqliteStore::open(&path).unwrap(),
+        SqliteStore::open(&path).unwrap(),
+    ];
+    let lu = lu();
+    const THREADS: u32 = 4;
+    const EACH: u32 = 25;
+    std::thread::scope(|s| {
+        for (i, store) in stores.iter().enumerate() {
+            for t in 0..THREADS {
+                let lu = &lu;
+                s.spawn(move || {
+                    for j in 0..EACH {
+                        let n = (i as u32 * THREADS + t) * EACH + j + 1;
+                        assert_eq!(status(&register(store, lu, n, n.into(), 0)), GOOD);
+                    }
+                });
+            }
+        }
+    });
+    let total = 2 * THREADS * EACH;
+    for store in &stores {
+        let state = store.load(&lu).unwrap().unwrap();
+        assert_eq!(keys(&state), (1..=u64::from(total)).collect::<Vec<_>>());
+        assert_eq!(state.generation.0, total);
+        state.check_invariants().unwrap();
+    }
+}
+
+/// Many threads of one store racing for one reservation through the group-committing writer:
+/// every REGISTER is answered GOOD, exactly one RESERVE wins and the others get RESERVATION
+/// CONFLICT, and the stored state agrees with the answers.
+#[test]
+fn group_commit_answers_each_command_with_the_state_before_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = SqliteStore::open(dir.path().join("pr.db")).unwrap();
+    let lu = lu();
+    const THREADS: u32 = 64;
+    let start = Barrier::new(THREADS as usize);
+    let winners: Vec<u32> = std::thread::scope(|sc| {
+        let handles: Vec<_> = (1..=THREADS)
+            .map(|n| {
+                let (s, lu, start) = (&s, &lu, &start);
+                sc.spawn(move || {
+                    start.wait();
+                    assert_eq!(status(&register(s, lu, n, n.into(), 0)), GOOD);
+                    let o = s
+                        .execute(
+                            lu,
+                            &nexus(n),
+                            &pr_out(RESERVE, WRITE_EXCLUSIVE),
+                            &basic(n.into(), 0, 0),
+                            &config(),
+                        )
+                        .unwrap();
+                    match status(&o) {
+                        GOOD => Some(n),
+                        RESERVATION_CONFLICT => None,
+                        other => panic!("RESERVE answered status {other:#x}"),
+                    }
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .filter_map(|h| h.join().unwrap())
+            .collect()
+    });
+    assert_eq!(winners.len(), 1, "winners: {winners:?}");
+    let state = s.load(&lu).unwrap().unwrap();
+    assert_eq!(state.generation.0, THREADS);
+    assert_eq!(keys(&state), (1..=u64::from(THREADS)).collect::<Vec<_>>());
+    assert_eq!(
+        state.reservation.unwrap().holder,
+        ReservationHolder::Registrant(nexus(winners[0]))
+    );
+}

@@ -127,9 +127,9 @@ fn kill_once(
             false
         }
     };
-    // Wait (bounded) for the child to open the store and acknowledge 0–15 commands, then let
+    // Wait (bounded) for the child to open the store and acknowledge 0–7 commands, then let
     // it run for another 0–2 ms more so that the kill lands anywhere in a transaction.
-    let target = rng.below(16) as usize;
+    let target = rng.below(8) as usize;
     let deadline = Instant::now() + PATIENCE;
     let mut ready = false;
     let mut seen = 0;

@@ -18,16 +18,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let total: usize = args.next().map(|n| n.parse()).transpose()?.unwrap_or(2048);
     std::fs::create_dir_all(&dir)?;
     println!("store in {}, about {total} commands per run", dir.display());
-    println!("threads  one-fsync-per-command  group-committed  gain");
+    println!("threads  one-fsync-per-command  group-committed  gain  commands/fsync");
     for threads in [1, 16, 64] {
         let per_thread = (total / threads).max(1);
         let single = pr_out_rate(&dir, threads, per_thread, false)?;
         let group = pr_out_rate(&dir, threads, per_thread, true)?;
         println!(
-            "{threads:>7}  {:>15.0} PR OUT/s  {:>9.0} PR OUT/s  {:>5.1}×",
+            "{threads:>7}  {:>15.0} PR OUT/s  {:>9.0} PR OUT/s  {:>5.1}×  {:>14.1}",
             single.per_second(),
             group.per_second(),
-            group.per_second() / single.per_second()
+            group.per_second() / single.per_second(),
+            group.batch()
         );
     }
     Ok(())

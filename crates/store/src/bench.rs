@@ -23,9 +23,16 @@ pub struct PrOutRate {
     pub commands: usize,
     /// Wall-clock time of the run.
     pub elapsed: Duration,
+    /// Write transactions (fsyncs) that carried them.
+    pub transactions: u64,
 }
 
 impl PrOutRate {
+    /// Mean commands per transaction (per fsync).
+    pub fn batch(&self) -> f64 {
+        self.commands as f64 / self.transactions.max(1) as f64
+    }
+
     /// Durable PR OUT per second.
     pub fn per_second(&self) -> f64 {
         self.commands as f64 / self.elapsed.as_secs_f64()
@@ -110,5 +117,6 @@ pub fn pr_out_rate(
         group_commit,
         commands: threads * per_thread,
         elapsed,
+        transactions: store.statistics().transactions,
     })
 }

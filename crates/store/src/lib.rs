@@ -21,7 +21,7 @@ mod sqlite;
 
 pub use error::{ErrorKind, StoreError};
 pub use lu_id::{LuId, MAX_LU_ID_LEN};
-pub use sqlite::{SqliteOptions, SqliteStore, SCHEMA_VERSION};
+pub use sqlite::{SqliteOptions, SqliteStore, Statistics, SCHEMA_VERSION};
 
 use pr_engine::{EngineConfig, LogicalUnit, Nexus, Outcome};
 

@@ -7,8 +7,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::StoreError;
 
-/// Longest [`LuId`], in bytes (a VPD page 0x83 designator is at most 255 bytes, with a
-/// `naa.`/`eui.`/`t10.` prefix it still fits).
+/// Longest [`LuId`], in bytes: room for NAA and EUI-64 designators of VPD page 0x83 written
+/// in hex with their `naa.`/`eui.` prefix, and for SCSI name strings such as iSCSI names (at
+/// most 223 bytes), while a row stays small.
 pub const MAX_LU_ID_LEN: usize = 256;
 
 /// The identity of a logical unit: its VPD page 0x83 identifier (`naa.6001405…`) where it has

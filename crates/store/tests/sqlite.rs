@@ -355,3 +355,46 @@ fn group_commit_answers_each_command_with_the_state_before_it() {
         ReservationHolder::Registrant(nexus(winners[0]))
     );
 }
+
+/// Commands queued while another process holds the write lock are applied together: once the
+/// lock is released, at most two transactions (the command the writer had already taken, and
+/// everything queued behind it) answer all of them, each with the state left by the ones
+/// before it.
+#[test]
+fn commands_queued_behind_a_lock_are_committed_in_one_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pr.db");
+    let options = SqliteOptions {
+        busy_timeout: Duration::from_secs(600),
+        ..SqliteOptions::default()
+    };
+    let s = SqliteStore::open_with(&path, options).unwrap();
+    let lu = lu();
+    const THREADS: u32 = 32;
+    let other = Connection::open(&path).unwrap();
+    other.execute_batch("BEGIN IMMEDIATE").unwrap();
+    std::thread::scope(|sc| {
+        let handles: Vec<_> = (1..=THREADS)
+            .map(|n| {
+                let (s, lu) = (&s, &lu);
+                sc.spawn(move || status(&register(s, lu, n, n.into(), 0)))
+            })
+            .collect();
+        // Bounded wait for a condition: every command is in the writer's queue.
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while s.statistics().queued < u64::from(THREADS) {
+            assert!(std::time::Instant::now() < deadline, "commands not queued");
+            std::thread::yield_now();
+        }
+        other.execute_batch("COMMIT").unwrap();
+        for h in handles {
+            assert_eq!(h.join().unwrap(), GOOD);
+        }
+    });
+    let stats = s.statistics();
+    assert_eq!(stats.applied, u64::from(THREADS));
+    assert!(stats.transactions <= 2, "{stats:?}");
+    let state = s.load(&lu).unwrap().unwrap();
+    assert_eq!(state.generation.0, THREADS);
+    assert_eq!(keys(&state), (1..=u64::from(THREADS)).collect::<Vec<_>>());
+}

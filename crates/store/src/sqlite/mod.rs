@@ -12,6 +12,7 @@ mod schema;
 mod writer;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -46,6 +47,25 @@ impl Default for SqliteOptions {
     }
 }
 
+/// Counters of one [`SqliteStore`]'s writer, since it was opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Statistics {
+    /// State-changing operations (execute, power loss, clear, import) queued for the writer.
+    pub queued: u64,
+    /// Operations answered from a committed transaction.
+    pub applied: u64,
+    /// Write transactions committed (each one fsync of the WAL).
+    pub transactions: u64,
+}
+
+/// The shared counters behind [`Statistics`].
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub queued: AtomicU64,
+    pub applied: AtomicU64,
+    pub transactions: AtomicU64,
+}
+
 /// The SQLite store (see the module documentation). Dropping it lets the writer thread finish
 /// the commands already queued and joins it.
 #[derive(Debug)]
@@ -55,6 +75,7 @@ pub struct SqliteStore {
     /// Reads (`load`, `list`); WAL readers never wait for the writer.
     reader: Mutex<Connection>,
     jobs: Option<mpsc::Sender<Job>>,
+    counters: Arc<Counters>,
     writer: Option<JoinHandle<()>>,
 }
 
@@ -76,9 +97,11 @@ impl SqliteStore {
         let reader = schema::open(&path, &options)?;
         let busy_timeout = options.busy_timeout;
         let (jobs, queue) = mpsc::channel();
+        let counters = Arc::new(Counters::default());
         let ctx = writer::Context {
             path: path.clone(),
             options,
+            counters: Arc::clone(&counters),
         };
         let writer = std::thread::Builder::new()
             .name("pr-store-writer".into())
@@ -89,6 +112,7 @@ impl SqliteStore {
             busy_timeout,
             reader: Mutex::new(reader),
             jobs: Some(jobs),
+            counters,
             writer: Some(writer),
         })
     }
@@ -96,6 +120,16 @@ impl SqliteStore {
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The writer's counters: `applied / transactions` is the mean group-commit batch.
+    pub fn statistics(&self) -> Statistics {
+        let c = &self.counters;
+        Statistics {
+            queued: c.queued.load(Ordering::Relaxed),
+            applied: c.applied.load(Ordering::Relaxed),
+            transactions: c.transactions.load(Ordering::Relaxed),
+        }
     }
 
     fn submit(&self, lu: &LuId, op: Op) -> Result<Answer, StoreError> {
@@ -113,6 +147,7 @@ impl SqliteStore {
             .ok_or_else(closed)?
             .send(job)
             .map_err(|_| closed())?;
+        self.counters.queued.fetch_add(1, Ordering::Relaxed);
         answer.recv().map_err(|_| closed())?
     }
 }

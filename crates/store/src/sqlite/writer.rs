@@ -8,12 +8,13 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::mpsc;
+use std::sync::atomic::Ordering;
+use std::sync::{mpsc, Arc};
 
 use pr_engine::{EngineConfig, LogicalUnit, Nexus, Outcome};
 use rusqlite::{params, Connection, TransactionBehavior};
 
-use super::{read_state, sqlite_error, SqliteOptions};
+use super::{read_state, sqlite_error, Counters, SqliteOptions};
 use crate::error::{ErrorKind, StoreError};
 use crate::lu_id::LuId;
 
@@ -56,6 +57,7 @@ impl std::fmt::Debug for Job {
 pub(crate) struct Context {
     pub path: PathBuf,
     pub options: SqliteOptions,
+    pub counters: Arc<Counters>,
 }
 
 /// Serves jobs until every sender is gone.
@@ -145,6 +147,9 @@ fn apply(
         }
     }
     tx.commit().map_err(err(ctx, None, "committing"))?;
+    let c = &ctx.counters;
+    c.transactions.fetch_add(1, Ordering::Relaxed);
+    c.applied.fetch_add(batch.len() as u64, Ordering::Relaxed);
     Ok(answers)
 }
 

@@ -6,11 +6,15 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use pr_scsi::transport_id::TransportId;
 use pr_scsi::{RelativeTargetPort, ReservationKey, ReservationType};
+use pr_store::LuId;
 
-use crate::values::{parse_key, parse_relative_port, parse_transport_id, parse_type};
+use crate::values::{parse_key, parse_lu, parse_relative_port, parse_transport_id, parse_type};
 
 /// Default helper socket: the one qemu-pr-helper and libvirt use.
 pub const DEFAULT_SOCKET: &str = "/var/run/qemu-pr-helper.sock";
+
+/// Default store database: where pr-helper keeps the state of its emulated logical units.
+pub const DEFAULT_STORE: &str = "/var/lib/pr-helper/reservations.db";
 
 const AFTER_HELP: &str = "\
 Every command opens DEVICE itself (read-write for changes, read-only for reads) and passes the
@@ -20,15 +24,32 @@ caller can open.
 Keys: 0x1a2b or 1a2bh (hex), 6699 (decimal). Types: we, ea, we-ro, ea-ro, we-ar, ea-ar, their
 long names (write-exclusive-registrants-only…), or codes 1, 3, 5, 6, 7, 8.
 
-Exit status: 0 success; 1 helper, socket or device error; 2 usage error; 3 RESERVATION CONFLICT;
-4 CHECK CONDITION (the sense is printed in words); 5 another SCSI status (BUSY…).
+Exit status: 0 success; 1 helper, socket, device or store error; 2 usage error; 3 RESERVATION
+CONFLICT; 4 CHECK CONDITION (the sense is printed in words); 5 another SCSI status (BUSY…).
 
 Examples:
   pr-ctl keys /dev/sdb
   pr-ctl register /dev/sdb --new-key 0x1111
   pr-ctl reserve /dev/sdb --key 0x1111 --type we-ro
   pr-ctl --json reservation /dev/sdb
-  pr-ctl preempt-abort /dev/sdb --key 0x2222 --victim-key 0x1111 --type we-ro";
+  pr-ctl preempt-abort /dev/sdb --key 0x2222 --victim-key 0x1111 --type we-ro
+  pr-ctl store show naa.6001405a1b2c3d4e";
+
+const STORE_AFTER_HELP: &str = "\
+These commands open the store database itself (read-write, as the daemon does; several processes
+may share it), so they need no daemon and work while one runs. Only import creates a missing
+database; the other commands say it is missing.
+
+Export format: {\"format\": \"pr-helper-store-export\", \"version\": 1, \"logical_units\":
+{\"<LU>\": <state>}}; import accepts exactly that, checks every state first and writes nothing
+when one is wrong.
+
+Examples:
+  pr-ctl store list
+  pr-ctl store show naa.6001405a1b2c3d4e
+  pr-ctl store export --output backup.json
+  pr-ctl store clear naa.6001405a1b2c3d4e
+  pr-ctl store import backup.json --dry-run";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -155,6 +176,9 @@ pub enum Command {
         #[arg(long, value_name = "HEX", default_value = "")]
         data: String,
     },
+    /// Administer the store of emulated logical units directly (no daemon needed): list,
+    /// show, power-cycle, clear, export and import their persistent-reservation state.
+    Store(StoreArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions {
         #[arg(value_enum)]
@@ -162,6 +186,64 @@ pub enum Command {
     },
     /// Print the man page (roff) to standard output: pr-ctl man > pr-ctl.1
     Man,
+}
+
+/// The store commands and the database they work on.
+#[derive(Debug, Args)]
+#[command(after_help = STORE_AFTER_HELP)]
+pub struct StoreArgs {
+    /// The store database (SQLite file) of the emulated logical units.
+    #[arg(long = "store", global = true, env = "PR_HELPER_STORE",
+          default_value = DEFAULT_STORE, value_name = "PATH")]
+    pub path: PathBuf,
+    #[command(subcommand)]
+    pub command: StoreCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StoreCommand {
+    /// List the logical units with a stored state, one line each.
+    List,
+    /// Show a logical unit's whole state: registrations with their I_T nexuses, the
+    /// reservation, the PR generation, APTPL and the pending unit attentions.
+    Show {
+        /// The logical unit (its identifier in the store, e.g. naa.6001405…).
+        #[arg(value_name = "LU", value_parser = parse_lu)]
+        lu: LuId,
+    },
+    /// Act as if the logical unit lost power and came back: without APTPL (PTPL_A=0) every
+    /// registration and the reservation are dropped; either way pending unit attentions are
+    /// dropped and the PR generation restarts at 0.
+    PowerCycle {
+        /// The logical unit.
+        #[arg(value_name = "LU", value_parser = parse_lu)]
+        lu: LuId,
+    },
+    /// Remove the logical unit's stored state: registrations, reservation, unit attentions.
+    Clear {
+        /// The logical unit.
+        #[arg(value_name = "LU", value_parser = parse_lu)]
+        lu: LuId,
+    },
+    /// Write the state of logical units as JSON (every one when no LU is given).
+    Export {
+        /// The logical units to export.
+        #[arg(value_name = "LU", value_parser = parse_lu)]
+        lus: Vec<LuId>,
+        /// Write to FILE instead of standard output.
+        #[arg(short = 'o', long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+    /// Replace the state of every logical unit in an export file (- for standard input):
+    /// all are checked before any is written.
+    Import {
+        /// The export file.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// Check the file and say what would change, without writing anything.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

@@ -5,6 +5,7 @@
 pub mod cli;
 pub mod render;
 pub mod request;
+pub mod store;
 pub mod values;
 
 use std::fs::{File, OpenOptions};
@@ -185,7 +186,8 @@ fn raw_operation(cdb_hex: &str, data_hex: &str) -> Result<Operation, Failure> {
 }
 
 impl Command {
-    /// The device and the operation, for the commands that talk to a device.
+    /// The device and the operation, for the commands that talk to a device (not the store
+    /// commands, completions or the man page).
     pub fn operation(&self) -> Result<Option<(&Path, Operation)>, Failure> {
         let rd = |read, a: &'_ ReadArgs| Operation::Read {
             read,
@@ -255,7 +257,7 @@ impl Command {
                 }),
             ),
             Command::Raw { device, cdb, data } => (device.as_path(), raw_operation(cdb, data)?),
-            Command::Completions { .. } | Command::Man => return Ok(None),
+            Command::Store(_) | Command::Completions { .. } | Command::Man => return Ok(None),
         }))
     }
 }
@@ -276,13 +278,17 @@ pub fn run(cli: &Cli) -> Outcome {
         Ok(Some((device, Operation::Read { read: r, maxlen }))) => read(cli, r, device, maxlen),
         Ok(Some((device, Operation::Write(w)))) => write(cli, device, w),
         Ok(Some((device, Operation::Raw { cdb, data }))) => raw(cli, device, &cdb, &data),
-        Ok(None) => Ok(Outcome {
-            stdout: match &cli.command {
-                Command::Completions { shell } => completions(*shell),
-                _ => man_page(),
-            },
-            ..Outcome::default()
-        }),
+        Ok(None) => match &cli.command {
+            Command::Store(args) => store::run(args, cli.json),
+            Command::Completions { shell } => Ok(Outcome {
+                stdout: completions(*shell),
+                ..Outcome::default()
+            }),
+            _ => Ok(Outcome {
+                stdout: man_page(),
+                ..Outcome::default()
+            }),
+        },
     };
     result.unwrap_or_else(|f| Outcome {
         stderr: format!("pr-ctl: {}\n", f.message),
@@ -306,25 +312,31 @@ pub fn completions(shell: Shell) -> String {
     String::from_utf8(out).expect("completion scripts are UTF-8")
 }
 
-/// The man page, in roff, with a page section per subcommand appended.
+/// The man page, in roff, with a page section per subcommand appended (`pr-ctl store list`
+/// and the other commands of a group each get their own).
 pub fn man_page() -> String {
     let cmd = Cli::command();
     let mut out = Vec::new();
     clap_mangen::Man::new(cmd.clone())
         .render(&mut out)
         .expect("rendering to memory cannot fail");
+    man_sections(&mut out, &cmd, "pr-ctl");
+    String::from_utf8(out).expect("man pages are UTF-8")
+}
+
+fn man_sections(out: &mut Vec<u8>, cmd: &clap::Command, prefix: &str) {
     for sub in cmd.get_subcommands() {
-        let name = sub.get_name();
-        let _ = writeln!(out, ".SH \"PR-CTL {}\"", name.to_uppercase());
-        let sub = sub.clone().bin_name(format!("pr-ctl {name}"));
+        let name = format!("{prefix} {}", sub.get_name());
+        let _ = writeln!(out, ".SH \"{}\"", name.to_uppercase());
+        let page = sub.clone().bin_name(&name);
         let mut section = Vec::new();
-        let man = clap_mangen::Man::new(sub);
+        let man = clap_mangen::Man::new(page);
         man.render_synopsis_section(&mut section)
             .and_then(|()| man.render_options_section(&mut section))
             .expect("rendering to memory cannot fail");
         // Subsections, not new top-level sections, under this command's heading.
         let section = String::from_utf8_lossy(&section).replace(".SH ", ".SS ");
         out.extend_from_slice(section.as_bytes());
+        man_sections(out, sub, &name);
     }
-    String::from_utf8(out).expect("man pages are UTF-8")
 }

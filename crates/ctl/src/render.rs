@@ -1,8 +1,11 @@
-//! Turning replies into words, JSON and exit codes.
+//! Turning replies and stored states into words, JSON and exit codes.
 
 use pr_client::Reply;
+use pr_engine::{LogicalUnit, Nexus, ReservationHolder, UnitAttention};
 use pr_scsi::prin::{Capabilities, FullStatus, ReadKeys, ReadReservation};
+use pr_scsi::transport_id::TransportId;
 use pr_scsi::{ReservationKey, ReservationType, Sense, Status};
+use pr_store::LuId;
 use serde_json::{json, Value};
 
 use crate::request::Read;
@@ -11,7 +14,8 @@ use crate::request::Read;
 pub mod exit {
     /// The command completed with GOOD status.
     pub const OK: u8 = 0;
-    /// pr-ctl could not do its job: the helper socket, the device, or a malformed reply.
+    /// pr-ctl could not do its job: the helper socket, the device, a malformed reply, or the
+    /// store (missing database, unknown logical unit, refused import).
     pub const FAILURE: u8 = 1;
     /// The command line is wrong (unknown option, bad key or type…).
     pub const USAGE: u8 = 2;
@@ -284,6 +288,219 @@ pub fn render_read(read: Read, data: &[u8]) -> Result<Rendered, String> {
             }
         }
     })
+}
+
+/// `n thing` or `n things`.
+pub fn plural(n: usize, thing: &str) -> String {
+    format!("{n} {thing}{}", if n == 1 { "" } else { "s" })
+}
+
+/// A stored state in one line: `PR generation 0x2, 2 registrations, reservation we-ro`.
+pub fn state_summary(s: &LogicalUnit) -> String {
+    let mut line = format!(
+        "PR generation {:#x}, {}, ",
+        s.generation.0,
+        plural(s.registrants.len(), "registration")
+    );
+    match &s.reservation {
+        Some(r) => line.push_str(&format!("reservation {}", r.reservation_type.short_name())),
+        None => line.push_str("no reservation"),
+    }
+    if s.ptpl_active {
+        line.push_str(", APTPL");
+    }
+    let uas = unit_attention_count(s);
+    if uas > 0 {
+        line.push_str(&format!(", {}", plural(uas, "pending unit attention")));
+    }
+    line
+}
+
+fn unit_attention_count(s: &LogicalUnit) -> usize {
+    s.unit_attentions.iter().map(|q| q.conditions.len()).sum()
+}
+
+/// A stored state's counts as JSON, for lists and for what a change did.
+pub fn summary_json(s: &LogicalUnit) -> Value {
+    json!({
+        "generation": s.generation.0,
+        "aptpl": s.ptpl_active,
+        "registrations": s.registrants.len(),
+        "reservation": s.reservation.as_ref().map(|r| r.reservation_type.long_cli_name()),
+        "unit_attentions": unit_attention_count(s),
+    })
+}
+
+/// A TransportID's fields as JSON, decoded.
+fn initiator_json(id: &TransportId) -> Value {
+    let hex8 = |b: &[u8; 8]| format!("{:#018x}", u64::from_be_bytes(*b));
+    match id {
+        TransportId::Fc { n_port_name } => {
+            json!({"protocol": "fc", "n_port_name": hex8(n_port_name)})
+        }
+        TransportId::Sas { sas_address } => {
+            json!({"protocol": "sas", "sas_address": hex8(sas_address)})
+        }
+        TransportId::Iscsi { name, isid } => {
+            json!({"protocol": "iscsi", "name": name, "isid": isid})
+        }
+        TransportId::Other { protocol_id, bytes } => json!({
+            "protocol": protocol_id,
+            "bytes": bytes.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+        }),
+    }
+}
+
+fn nexus_json(n: &Nexus) -> Value {
+    json!({
+        "transport_id": n.initiator.to_string(),
+        "initiator": initiator_json(&n.initiator),
+        "relative_target_port": n.relative_target_port.0,
+    })
+}
+
+fn nexus_words(n: &Nexus) -> String {
+    format!(
+        "{}, relative target port {}",
+        n.initiator, n.relative_target_port.0
+    )
+}
+
+/// A unit attention condition: its words (with ASC/ASCQ) and its JSON name.
+fn unit_attention_names(ua: UnitAttention) -> (String, &'static str) {
+    let (words, name) = match ua {
+        UnitAttention::ReservationsPreempted => {
+            ("RESERVATIONS PREEMPTED", "reservations-preempted")
+        }
+        UnitAttention::ReservationsReleased => ("RESERVATIONS RELEASED", "reservations-released"),
+        UnitAttention::RegistrationsPreempted => {
+            ("REGISTRATIONS PREEMPTED", "registrations-preempted")
+        }
+    };
+    let code = ua.sense_code();
+    (
+        format!("{words} ({:02X}h/{:02X}h)", code.asc, code.ascq),
+        name,
+    )
+}
+
+/// The whole stored state of a logical unit (`pr-ctl store show`).
+pub fn render_state(lu: &LuId, s: &LogicalUnit) -> Rendered {
+    let mut human = format!(
+        "{lu}\n  PR generation {:#x}\n  APTPL (PTPL_A): {}\n",
+        s.generation.0,
+        yes(s.ptpl_active)
+    );
+    let holds = |nexus: &Nexus| match s.reservation.as_ref().map(|r| &r.holder) {
+        Some(ReservationHolder::AllRegistrants) => true,
+        Some(ReservationHolder::Registrant(h)) => h == nexus,
+        None => false,
+    };
+    if s.registrants.is_empty() {
+        human.push_str("  no registrations\n");
+    } else {
+        human.push_str(&format!(
+            "  {}:\n",
+            plural(s.registrants.len(), "registration")
+        ));
+    }
+    let mut regs = Vec::new();
+    for r in &s.registrants {
+        human.push_str(&format!(
+            "    key {}\n      initiator: {}\n      relative target port: {}\n      \
+             all target ports: {}\n      reservation holder: {}\n",
+            key_str(r.key),
+            r.nexus.initiator,
+            r.nexus.relative_target_port.0,
+            yes(r.all_tg_pt),
+            yes(holds(&r.nexus)),
+        ));
+        let mut j = nexus_json(&r.nexus);
+        j["key"] = json!(key_str(r.key));
+        j["all_target_ports"] = json!(r.all_tg_pt);
+        j["holder"] = json!(holds(&r.nexus));
+        regs.push(j);
+    }
+    let reservation = match &s.reservation {
+        None => {
+            human.push_str("  no reservation\n");
+            Value::Null
+        }
+        Some(res) => {
+            let t = res.reservation_type;
+            human.push_str(&format!(
+                "  reservation: {}, {}\n",
+                type_words(t.code()),
+                scope_words(res.scope.code())
+            ));
+            let holder = match &res.holder {
+                ReservationHolder::AllRegistrants => {
+                    human.push_str("    holder: every registrant\n");
+                    json!("all-registrants")
+                }
+                ReservationHolder::Registrant(h) => {
+                    let key = s.holder_registration().map(|r| key_str(r.key));
+                    human.push_str(&format!(
+                        "    holder: key {}, {}\n",
+                        key.as_deref().unwrap_or("none"),
+                        nexus_words(h)
+                    ));
+                    let mut j = nexus_json(h);
+                    j["key"] = json!(key);
+                    j
+                }
+            };
+            json!({
+                "type": t.long_cli_name(),
+                "type_code": t.code(),
+                "type_name": t.name(),
+                "scope": "lu",
+                "holder": holder,
+            })
+        }
+    };
+    if s.unit_attentions.is_empty() {
+        human.push_str("  no pending unit attentions\n");
+    } else {
+        human.push_str("  pending unit attentions:\n");
+    }
+    let mut uas = Vec::new();
+    for q in &s.unit_attentions {
+        let names: Vec<_> = q
+            .conditions
+            .iter()
+            .map(|c| unit_attention_names(*c))
+            .collect();
+        human.push_str(&format!(
+            "    {}{}: {}\n",
+            nexus_words(&q.nexus),
+            if q.all_target_ports {
+                " (all target ports)"
+            } else {
+                ""
+            },
+            names
+                .iter()
+                .map(|n| n.0.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+        let mut j = nexus_json(&q.nexus);
+        j["all_target_ports"] = json!(q.all_target_ports);
+        j["conditions"] = json!(names.iter().map(|n| n.1).collect::<Vec<_>>());
+        uas.push(j);
+    }
+    Rendered {
+        human,
+        json: json!({
+            "lu": lu,
+            "generation": s.generation.0,
+            "aptpl": s.ptpl_active,
+            "registrations": regs,
+            "reservation": reservation,
+            "unit_attentions": uas,
+        }),
+    }
 }
 
 #[cfg(test)]

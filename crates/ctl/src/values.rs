@@ -3,6 +3,7 @@
 
 use pr_scsi::transport_id::TransportId;
 use pr_scsi::{RelativeTargetPort, ReservationKey, ReservationType};
+use pr_store::LuId;
 
 /// A reservation key: `0x` followed by up to 16 hex digits, up to 16 hex digits followed by `h`
 /// (sg_persist's convention), or a decimal number up to 2^64-1.
@@ -68,6 +69,12 @@ pub fn parse_type(s: &str) -> Result<ReservationType, String> {
                 .join(", ")
         )),
     }
+}
+
+/// A logical-unit identifier of the store (see [`LuId::new`]).
+pub fn parse_lu(s: &str) -> Result<LuId, String> {
+    LuId::new(s)
+        .map_err(|e| format!("{e}; expected the identifier the store lists (pr-ctl store list)"))
 }
 
 /// A relative target port identifier, 1 to 65535 (0 is reserved).

@@ -366,7 +366,8 @@ mod tests {
         assert!(e.contains("\"version\" missing is not supported"), "{e}");
         let e = parse_export("[1,").unwrap_err();
         assert!(
-            e.starts_with("not valid JSON") && e.contains("EOF while parsing a value at line 1 column 3"),
+            e.starts_with("not valid JSON")
+                && e.contains("EOF while parsing a value at line 1 column 3"),
             "{e}"
         );
     }

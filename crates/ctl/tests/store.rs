@@ -529,3 +529,69 @@ fn import_breaking_an_invariant_is_refused_for_every_logical_unit() {
     assert_eq!(ok(f.pr_ctl(&["export"])), before);
     assert_eq!(f.state("naa.6001405ccccccccc"), None);
 }
+
+#[test]
+fn import_reads_standard_input() {
+    let f = Fixture::new();
+    let exported = ok(f.pr_ctl(&["export", LU_A]));
+    ok(f.pr_ctl(&["clear", LU_A]));
+    let mut child = Command::new(PR_CTL)
+        .args(["store", "import", "-", "--store"])
+        .arg(&f.path)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write as _;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(exported.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        ok(out),
+        "naa.6001405aaaaaaaaa: imported as a new logical unit (PR generation 0x2, 2 \
+         registrations, reservation we-ro)\n"
+    );
+    assert_eq!(ok(f.pr_ctl(&["show", LU_A])), SHOW_A);
+}
+
+#[test]
+fn clear_reports_what_it_removed_as_json() {
+    let f = Fixture::new();
+    assert_eq!(
+        json_of(f.pr_ctl(&["clear", LU_B, "--json"])),
+        json!({
+            "lu": LU_B,
+            "operation": "clear",
+            "before": {"generation": 3, "aptpl": true, "registrations": 1,
+                       "reservation": "write-exclusive", "unit_attentions": 1},
+            "after": {"generation": 0, "aptpl": false, "registrations": 0,
+                      "reservation": null, "unit_attentions": 0},
+        })
+    );
+    assert_eq!(f.state(LU_B), None);
+}
+
+#[test]
+fn man_page_and_completions_know_the_store_commands() {
+    let man = ok(Command::new(PR_CTL).arg("man").output().unwrap());
+    for section in [
+        ".SH \"PR-CTL STORE\"",
+        ".SH \"PR-CTL STORE SHOW\"",
+        ".SH \"PR-CTL STORE POWER-CYCLE\"",
+        ".SH \"PR-CTL STORE IMPORT\"",
+        "\\-\\-dry\\-run",
+        "PR_HELPER_STORE",
+    ] {
+        assert!(man.contains(section), "man page lacks {section}");
+    }
+    let bash = ok(Command::new(PR_CTL)
+        .args(["completions", "bash"])
+        .output()
+        .unwrap());
+    assert!(bash.contains("power-cycle") && bash.contains("--dry-run"));
+}

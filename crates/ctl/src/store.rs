@@ -28,8 +28,40 @@ pub struct Export {
     pub format: String,
     /// Always [`EXPORT_VERSION`].
     pub version: u64,
-    /// The states, by logical unit.
+    /// The states, by logical unit (each at most once).
+    #[serde(deserialize_with = "unique_logical_units")]
     pub logical_units: BTreeMap<LuId, LogicalUnit>,
+}
+
+/// `logical_units`, refusing a logical unit named twice (JSON objects may repeat a key, and
+/// which state would win is not the reader's guess to make).
+fn unique_logical_units<'de, D>(d: D) -> Result<BTreeMap<LuId, LogicalUnit>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    struct Unique;
+    impl<'de> serde::de::Visitor<'de> for Unique {
+        type Value = BTreeMap<LuId, LogicalUnit>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an object of logical-unit states by identifier")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut m: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut all = BTreeMap::new();
+            while let Some((lu, state)) = m.next_entry::<LuId, LogicalUnit>()? {
+                if all.contains_key(&lu) {
+                    return Err(serde::de::Error::custom(format!(
+                        "logical unit {lu} appears twice"
+                    )));
+                }
+                all.insert(lu, state);
+            }
+            Ok(all)
+        }
+    }
+    d.deserialize_map(Unique)
 }
 
 /// Reads an export file's text: JSON syntax errors and wrong fields say where (line and
@@ -380,6 +412,16 @@ mod tests {
         assert!(e.contains("unknown field `extra`"), "{e}");
         let e = parse_export(&format!("{head}\"logical_units\": {{\" x\": {{}}}}}}")).unwrap_err();
         assert!(e.contains("begins or ends with white space"), "{e}");
+        let lu = "{\"generation\": 0, \"registrants\": [], \"reservation\": null, \
+                  \"ptpl_active\": false, \"unit_attentions\": []}";
+        let e = parse_export(&format!(
+            "{head}\"logical_units\": {{\"naa.1\": {lu}, \"naa.1\": {lu}}}}}"
+        ))
+        .unwrap_err();
+        assert!(
+            e.contains("logical unit naa.1 appears twice at line 1 column"),
+            "{e}"
+        );
         let ok = parse_export(&format!("{head}\"logical_units\": {{}}}}")).unwrap();
         assert!(ok.logical_units.is_empty());
     }

@@ -595,3 +595,22 @@ fn man_page_and_completions_know_the_store_commands() {
         .unwrap());
     assert!(bash.contains("power-cycle") && bash.contains("--dry-run"));
 }
+
+#[test]
+fn a_file_that_is_not_a_store_is_left_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notes.db");
+    std::fs::write(&path, "not a database, just some notes\n".repeat(100)).unwrap();
+    let e = fails(pr_ctl_on(&path, &["list"]), 1);
+    assert!(
+        e.starts_with(&format!(
+            "pr-ctl: the store database {} is corrupt",
+            path.display()
+        )),
+        "{e}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        "not a database, just some notes\n".repeat(100)
+    );
+}

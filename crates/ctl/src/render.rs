@@ -578,6 +578,65 @@ mod tests {
     }
 
     #[test]
+    fn stored_state_with_all_registrants_and_an_fc_initiator() {
+        use pr_engine::{PendingUnitAttentions, Registrant, Reservation};
+        let fc = Nexus {
+            initiator: TransportId::Fc {
+                n_port_name: [0x21, 0, 0, 0x24, 0xff, 0x3a, 0x4b, 0x5c],
+            },
+            relative_target_port: RelativeTargetPort(3),
+        };
+        let state = LogicalUnit {
+            generation: Generation(0x10),
+            registrants: vec![Registrant {
+                nexus: fc.clone(),
+                key: ReservationKey(0xdead_beef),
+                all_tg_pt: true,
+            }],
+            reservation: Some(Reservation::new(
+                ReservationType::ExclusiveAccessAllRegistrants,
+                fc.clone(),
+            )),
+            ptpl_active: true,
+            unit_attentions: vec![PendingUnitAttentions {
+                nexus: fc,
+                all_target_ports: true,
+                conditions: [
+                    UnitAttention::ReservationsReleased,
+                    UnitAttention::ReservationsPreempted,
+                ]
+                .into(),
+            }],
+        };
+        let r = render_state(&LuId::new("disk0").unwrap(), &state);
+        assert_eq!(
+            r.human,
+            "disk0\n  PR generation 0x10\n  APTPL (PTPL_A): yes\n  1 registration:\n    \
+             key 0xdeadbeef\n      initiator: FC N_Port name 0x21000024ff3a4b5c\n      \
+             relative target port: 3\n      all target ports: yes\n      \
+             reservation holder: yes\n  reservation: EXCLUSIVE ACCESS - ALL REGISTRANTS \
+             (ea-ar, type 8), LU_SCOPE\n    holder: every registrant\n  \
+             pending unit attentions:\n    FC N_Port name 0x21000024ff3a4b5c, relative target \
+             port 3 (all target ports): RESERVATIONS RELEASED (2Ah/04h), RESERVATIONS \
+             PREEMPTED (2Ah/03h)\n"
+        );
+        assert_eq!(r.json["reservation"]["holder"], "all-registrants");
+        assert_eq!(
+            r.json["registrations"][0]["initiator"],
+            json!({"protocol": "fc", "n_port_name": "0x21000024ff3a4b5c"})
+        );
+        assert_eq!(
+            r.json["unit_attentions"][0]["conditions"],
+            json!(["reservations-released", "reservations-preempted"])
+        );
+        assert_eq!(
+            state_summary(&state),
+            "PR generation 0x10, 1 registration, reservation ea-ar, APTPL, 2 pending unit \
+             attentions"
+        );
+    }
+
+    #[test]
     fn malformed_data_is_an_error_not_a_panic() {
         assert!(render_read(Read::Keys, &[0, 0, 0])
             .unwrap_err()

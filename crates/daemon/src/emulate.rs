@@ -171,6 +171,9 @@ impl Emulation {
     }
 }
 
+/// How long closing waits for commands still holding the store.
+const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Starts the `pr-store` thread: it installs the store filter, opens the store, hands it over
 /// and keeps a reference until [`Emulation::close`], so that the store is closed there.
 fn open_on_store_thread(
@@ -196,10 +199,23 @@ fn open_on_store_thread(
             if opened.send(Ok(store.clone())).is_err() {
                 return;
             }
-            // Until close (or the end of the daemon): then this is the last reference, and
-            // SQLite closes under this thread's filter.
+            // Until close (or the end of the daemon): then this should be the last reference,
+            // so that SQLite closes (checkpoints the WAL, removes it) under this thread's
+            // filter. A command still running elsewhere is given a moment to finish; if it
+            // holds on, the store is left to the process exit (every acknowledged command is
+            // durable already) rather than closed under the server's filter.
             let _ = wait_done.recv();
-            drop(store);
+            let deadline = std::time::Instant::now() + CLOSE_WAIT;
+            while Arc::strong_count(&store) > 1 && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            match Arc::try_unwrap(store) {
+                Ok(store) => drop(store),
+                Err(store) => {
+                    tracing::warn!("a command still holds the store at exit; not closing it");
+                    std::mem::forget(store);
+                }
+            }
         })
         .map_err(EmulateError::Thread)?;
     match store.recv() {

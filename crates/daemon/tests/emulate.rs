@@ -467,3 +467,44 @@ fn a_missing_store_directory_is_created_for_the_dropped_user() {
     assert_eq!((md.uid(), md.gid()), nobody());
     assert_eq!(md.mode() & 0o777, 0o750);
 }
+
+#[test]
+fn a_store_that_cannot_execute_answers_logical_unit_communication_failure() {
+    let store = store_dir();
+    let lo = LoopDevice::new();
+    let db = store.path().join("reservations.db");
+    let cfg = emulate_config(store.path(), &lo, &db, "");
+    let h = start_at(
+        &store.path().join("s.sock"),
+        &cfg,
+        &store.path().join("log"),
+    );
+    let dev = lo.open(true);
+    let mut c = Client::connect(&h.socket).unwrap();
+    assert_eq!(
+        prout(&mut c, &dev, REGISTER, 0, 0, 0x1111).status,
+        Status::GOOD
+    );
+    // Another process holds the database's write lock for longer than the store's 5 s busy
+    // timeout: the command cannot be executed, and nothing is written.
+    let other = rusqlite::Connection::open(&db).unwrap();
+    other.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let r = prout(&mut c, &dev, RESERVE, WRITE_EXCLUSIVE, 0x1111, 0);
+    // CHECK CONDITION, ABORTED COMMAND, LOGICAL UNIT COMMUNICATION FAILURE (0Bh/08h/00h).
+    assert_eq!(
+        (r.status, sense(&r)),
+        (Status::CHECK_CONDITION, (0x0b, 0x08, 0x00))
+    );
+    other.execute_batch("ROLLBACK").unwrap();
+    let r = read_reservation(&mut c, &dev);
+    assert_eq!(r.data, [0, 0, 0, 1, 0, 0, 0, 0]);
+    assert_eq!(
+        prout(&mut c, &dev, RESERVE, WRITE_EXCLUSIVE, 0x1111, 0).status,
+        Status::GOOD
+    );
+    let log = std::fs::read_to_string(store.path().join("log")).unwrap();
+    assert!(
+        log.contains("the store failed for logical unit disk0") && log.contains("stayed locked"),
+        "{log}"
+    );
+}

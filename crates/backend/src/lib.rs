@@ -10,6 +10,7 @@
 
 pub mod blkpr;
 pub mod dispatch;
+pub mod emulate;
 pub mod mpath;
 pub mod sgio;
 
@@ -50,6 +51,13 @@ pub enum BackendError {
         #[source]
         source: std::io::Error,
     },
+    /// The emulated logical unit's store could not execute the command (nothing was written).
+    #[error("emulate backend: the store failed for logical unit {lu}: {source}")]
+    Store {
+        lu: String,
+        #[source]
+        source: pr_store::StoreError,
+    },
 }
 
 impl BackendError {
@@ -58,6 +66,7 @@ impl BackendError {
         match self {
             BackendError::Unavailable { .. } => SenseCode::LOGICAL_UNIT_COMMUNICATION_FAILURE,
             BackendError::Io { .. } => SenseCode::LOGICAL_UNIT_COMMUNICATION_FAILURE,
+            BackendError::Store { .. } => SenseCode::LOGICAL_UNIT_COMMUNICATION_FAILURE,
         }
     }
 

@@ -83,11 +83,11 @@ pub struct Cli {
           value_parser = clap::value_parser!(u32).range(1..=3600))]
     pub io_timeout: u32,
 
-    /// Device configuration (TOML): the backend per device (SG_IO passthrough or the block-layer
-    /// PR ioctls), for devices it does not name, and whether dm-multipath maps go through
-    /// libmpathpersist. Without it: SG_IO, the block-layer ioctls for NVMe namespaces, and
-    /// libmpathpersist for multipath maps when device-mapper and multipath-tools are present.
-    /// Format in docs/backends.md.
+    /// Device configuration (TOML): the backend per device (SG_IO passthrough, the block-layer
+    /// PR ioctls, or reservations emulated in software on a SQLite store), for devices it does
+    /// not name, and whether dm-multipath maps go through libmpathpersist. Without it: SG_IO,
+    /// the block-layer ioctls for NVMe namespaces, and libmpathpersist for multipath maps when
+    /// device-mapper and multipath-tools are present. Format in docs/backends.md.
     #[arg(long = "config", value_name = "FILE")]
     pub config: Option<PathBuf>,
 

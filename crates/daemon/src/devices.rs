@@ -18,18 +18,34 @@
 //! [[device]]
 //! dev = "8:32"                                              # or a device number
 //! backend = "sgio"
+//!
+//! [[device]]
+//! path = "/dev/loop0"
+//! backend = "emulate"          # reservations in software, on the store below
+//! lu = "shared-disk-1"         # the logical unit's name in the store
+//!
+//! [emulate]
+//! store = "/var/lib/pr-helper/reservations.db"   # the default
+//! initiator = "iqn.2026-01.com.example:node1"    # default: derived from the socket path
+//! relative_target_port = 1                       # the default
+//! max_registrations = 128                        # the default; at most 1023
 //! ```
 //!
 //! Paths are resolved to device numbers when pr-helper starts (the sandbox forbids opening
 //! files later), so a device that appears afterwards is matched only by `dev`.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use pr_backend::blkpr::BlkPrBackend;
 use pr_backend::dispatch::Multipath;
+use pr_backend::emulate::identity;
 use pr_backend::sgio::SgIoBackend;
 use pr_backend::{Backend, Dispatcher};
+use pr_scsi::transport_id::TransportId;
+use pr_scsi::RelativeTargetPort;
+use pr_store::LuId;
 use pr_sys::device::{DevNum, SCSI_GENERIC_MAJOR};
 use serde::Deserialize;
 
@@ -39,6 +55,7 @@ use serde::Deserialize;
 pub enum BackendName {
     Sgio,
     Blkpr,
+    Emulate,
 }
 
 impl BackendName {
@@ -46,6 +63,7 @@ impl BackendName {
         match self {
             BackendName::Sgio => "sgio",
             BackendName::Blkpr => "blkpr",
+            BackendName::Emulate => "emulate",
         }
     }
 }
@@ -58,6 +76,9 @@ pub enum DefaultBackend {
     Auto,
     Sgio,
     Blkpr,
+    /// Refused at load: an unnamed device's LU identity would be its VPD page 0x83 identifier,
+    /// which is not implemented yet.
+    Emulate,
 }
 
 /// Whether dm-multipath maps are recognised and served through libmpathpersist.
@@ -79,6 +100,16 @@ struct FileFormat {
     multipath: MultipathMode,
     #[serde(default, rename = "device")]
     devices: Vec<EntryFormat>,
+    emulate: Option<EmulateFormat>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EmulateFormat {
+    store: Option<PathBuf>,
+    initiator: Option<String>,
+    relative_target_port: Option<i64>,
+    max_registrations: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -87,6 +118,7 @@ struct EntryFormat {
     path: Option<PathBuf>,
     dev: Option<String>,
     backend: BackendName,
+    lu: Option<String>,
 }
 
 /// One device rule, resolved.
@@ -94,8 +126,41 @@ struct EntryFormat {
 pub struct DeviceRule {
     pub dev: DevNum,
     pub backend: BackendName,
+    /// The emulated logical unit, with `backend = "emulate"`.
+    pub lu: Option<LuId>,
     /// How the file named it, for messages.
     pub named_as: String,
+}
+
+/// Where the store of the default configuration lives.
+pub const DEFAULT_STORE: &str = "/var/lib/pr-helper/reservations.db";
+
+/// The PR IN data of a reply is at most 8192 bytes; READ KEYS lists 8 bytes per key after an
+/// 8-byte header, so more registrations could not all be read.
+pub const MAX_REGISTRATIONS: usize = 1023;
+
+/// The `[emulate]` table, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EmulateSettings {
+    /// The SQLite database file (absolute).
+    pub store: PathBuf,
+    /// The initiator, when configured; else derived from the socket path.
+    pub initiator: Option<TransportId>,
+    /// The target port, when configured; else 1.
+    pub relative_target_port: Option<RelativeTargetPort>,
+    /// The engine's registration limit.
+    pub max_registrations: usize,
+}
+
+impl Default for EmulateSettings {
+    fn default() -> Self {
+        EmulateSettings {
+            store: PathBuf::from(DEFAULT_STORE),
+            initiator: None,
+            relative_target_port: None,
+            max_registrations: pr_engine::EngineConfig::default().max_registrations,
+        }
+    }
 }
 
 /// The validated device configuration.
@@ -104,6 +169,7 @@ pub struct DeviceConfig {
     pub default: DefaultBackend,
     pub multipath: MultipathMode,
     pub rules: Vec<DeviceRule>,
+    pub emulate: EmulateSettings,
 }
 
 /// A configuration file that cannot be used.
@@ -123,6 +189,10 @@ pub enum DeviceConfigError {
         index: usize,
         message: String,
     },
+    #[error("{path}: {message}")]
+    Default { path: PathBuf, message: String },
+    #[error("{path}: [emulate]: {message}")]
+    Emulate { path: PathBuf, message: String },
 }
 
 /// Parses "MAJOR:MINOR".
@@ -174,6 +244,17 @@ impl DeviceConfig {
             path: path.to_path_buf(),
             message: e.to_string().trim_end().to_string(),
         })?;
+        if file.default == DefaultBackend::Emulate {
+            return Err(DeviceConfigError::Default {
+                path: path.to_path_buf(),
+                message: "default = \"emulate\" is not supported yet: a device no entry names \
+                          would be identified by its VPD page 0x83 identifier, which pr-helper \
+                          does not read yet; name each emulated device in a [[device]] entry with \
+                          backend = \"emulate\" and lu = \"NAME\""
+                    .into(),
+            });
+        }
+        let emulate = EmulateSettings::parse(file.emulate, path)?;
         let mut rules: Vec<DeviceRule> = Vec::new();
         for (i, e) in file.devices.into_iter().enumerate() {
             let entry_err = |message: String| DeviceConfigError::Entry {
@@ -201,6 +282,25 @@ impl DeviceConfig {
                     "{named_as} is an sg character device; backend \"blkpr\" needs a block device"
                 )));
             }
+            let lu = match (e.backend, e.lu) {
+                (BackendName::Emulate, Some(lu)) => {
+                    Some(LuId::new(lu).map_err(|err| entry_err(format!("lu = …: {err}")))?)
+                }
+                (BackendName::Emulate, None) => {
+                    return Err(entry_err(
+                        "backend \"emulate\" needs lu = \"NAME\", the logical unit's name in \
+                         the store (identification by VPD page 0x83 is not implemented yet)"
+                            .into(),
+                    ))
+                }
+                (b, Some(lu)) => {
+                    return Err(entry_err(format!(
+                        "lu = {lu:?} is only for backend = \"emulate\", not \"{}\"",
+                        b.as_str()
+                    )))
+                }
+                (_, None) => None,
+            };
             if let Some(prev) = rules.iter().find(|r| r.dev == dev) {
                 return Err(entry_err(format!(
                     "{named_as} is device {dev}, already configured by the entry for {}",
@@ -210,6 +310,7 @@ impl DeviceConfig {
             rules.push(DeviceRule {
                 dev,
                 backend: e.backend,
+                lu,
                 named_as,
             });
         }
@@ -217,7 +318,21 @@ impl DeviceConfig {
             default: file.default,
             multipath: file.multipath,
             rules,
+            emulate,
         })
+    }
+
+    /// Whether any device is emulated (then the store is opened at start-up).
+    pub fn configures_emulate(&self) -> bool {
+        self.rules.iter().any(|r| r.backend == BackendName::Emulate)
+    }
+
+    /// The emulated devices and their logical units.
+    pub fn emulated_units(&self) -> HashMap<DevNum, LuId> {
+        self.rules
+            .iter()
+            .filter_map(|r| Some((r.dev, r.lu.clone()?)))
+            .collect()
     }
 
     /// Whether any device may be served by the block-layer backend by configuration (then
@@ -227,8 +342,14 @@ impl DeviceConfig {
             || self.rules.iter().any(|r| r.backend == BackendName::Blkpr)
     }
 
-    /// The dispatcher this configuration describes, with multipath support if started.
-    pub fn dispatcher(&self, sgio: SgIoBackend, multipath: Option<Multipath>) -> Dispatcher {
+    /// The dispatcher this configuration describes, with multipath support if started and the
+    /// emulate backend if the store was opened.
+    pub fn dispatcher(
+        &self,
+        sgio: SgIoBackend,
+        multipath: Option<Multipath>,
+        emulate: Option<Arc<dyn Backend>>,
+    ) -> Dispatcher {
         let sgio_backend: Arc<dyn Backend> = Arc::new(sgio.clone());
         let blkpr_backend: Arc<dyn Backend> = Arc::new(BlkPrBackend::new(sgio));
         let mut d = Dispatcher::new(sgio_backend.clone());
@@ -236,11 +357,15 @@ impl DeviceConfig {
             DefaultBackend::Auto => d = d.with_nvme(blkpr_backend.clone()),
             DefaultBackend::Sgio => {}
             DefaultBackend::Blkpr => d = d.with_block_default(blkpr_backend.clone()),
+            DefaultBackend::Emulate => unreachable!("refused by DeviceConfig::parse"),
         }
         for r in &self.rules {
-            let backend = match r.backend {
-                BackendName::Sgio => &sgio_backend,
-                BackendName::Blkpr => &blkpr_backend,
+            let backend = match (r.backend, &emulate) {
+                (BackendName::Sgio, _) => &sgio_backend,
+                (BackendName::Blkpr, _) => &blkpr_backend,
+                (BackendName::Emulate, Some(e)) => e,
+                // The daemon opens the store whenever a device is emulated.
+                (BackendName::Emulate, None) => continue,
             };
             d = d.with_device(r.dev, backend.clone());
         }
@@ -253,12 +378,58 @@ impl DeviceConfig {
     /// One line per rule, for the start-up log.
     pub fn describe(&self) -> Vec<String> {
         let mut v = vec![format!("default backend: {:?}", self.default).to_lowercase()];
-        v.extend(
-            self.rules
-                .iter()
-                .map(|r| format!("device {} ({}): {}", r.dev, r.named_as, r.backend.as_str())),
-        );
+        v.extend(self.rules.iter().map(|r| {
+            let lu =
+                r.lu.as_ref()
+                    .map(|lu| format!(", logical unit {lu}"))
+                    .unwrap_or_default();
+            format!(
+                "device {} ({}): {}{lu}",
+                r.dev,
+                r.named_as,
+                r.backend.as_str()
+            )
+        }));
         v
+    }
+}
+
+impl EmulateSettings {
+    fn parse(table: Option<EmulateFormat>, path: &Path) -> Result<Self, DeviceConfigError> {
+        let mut s = EmulateSettings::default();
+        let Some(t) = table else { return Ok(s) };
+        let err = |message: String| DeviceConfigError::Emulate {
+            path: path.to_path_buf(),
+            message,
+        };
+        if let Some(store) = t.store {
+            if !store.is_absolute() {
+                return Err(err(format!(
+                    "store = \"{}\" must be an absolute path, e.g. \"{DEFAULT_STORE}\"",
+                    store.display()
+                )));
+            }
+            s.store = store;
+        }
+        if let Some(i) = t.initiator {
+            s.initiator = Some(identity::parse_initiator(&i).map_err(|e| err(e.to_string()))?);
+        }
+        if let Some(p) = t.relative_target_port {
+            s.relative_target_port =
+                Some(identity::parse_relative_target_port(p).map_err(|e| err(e.to_string()))?);
+        }
+        if let Some(m) = t.max_registrations {
+            s.max_registrations = usize::try_from(m)
+                .ok()
+                .filter(|m| (1..=MAX_REGISTRATIONS).contains(m))
+                .ok_or_else(|| {
+                    err(format!(
+                        "max_registrations = {m} is out of range; expected 1 to \
+                         {MAX_REGISTRATIONS} (READ KEYS must fit in 8192 bytes)"
+                    ))
+                })?;
+        }
+        Ok(s)
     }
 }
 
@@ -297,6 +468,7 @@ mod tests {
                     minor: 16
                 },
                 backend: BackendName::Blkpr,
+                lu: None,
                 named_as: "8:16".into()
             }]
         );
@@ -343,5 +515,87 @@ mod tests {
         );
         let e = parse("colour = 1").unwrap_err();
         assert!(e.contains("unknown field `colour`"), "{e}");
+    }
+
+    #[test]
+    fn emulated_devices_and_the_emulate_table() {
+        let c = parse(
+            "[[device]]\ndev = \"7:0\"\nbackend = \"emulate\"\nlu = \"disk-1\"\n\
+             [emulate]\nstore = \"/srv/pr.db\"\ninitiator = \"iqn.2026-01.com.example:n1\"\n\
+             relative_target_port = 2\nmax_registrations = 16\n",
+        )
+        .unwrap();
+        assert!(c.configures_emulate() && !c.configures_blkpr());
+        assert_eq!(
+            c.emulated_units(),
+            HashMap::from([(DevNum { major: 7, minor: 0 }, LuId::new("disk-1").unwrap())])
+        );
+        assert_eq!(c.emulate.store, Path::new("/srv/pr.db"));
+        assert_eq!(
+            c.emulate.initiator,
+            Some(TransportId::Iscsi {
+                name: "iqn.2026-01.com.example:n1".into(),
+                isid: None
+            })
+        );
+        assert_eq!(c.emulate.relative_target_port, Some(RelativeTargetPort(2)));
+        assert_eq!(c.emulate.max_registrations, 16);
+        let d = parse("").unwrap();
+        assert!(!d.configures_emulate());
+        assert_eq!(d.emulate.store, Path::new(DEFAULT_STORE));
+        assert_eq!(d.emulate.initiator, None);
+    }
+
+    #[test]
+    fn emulate_mistakes_are_named() {
+        let e = parse("[[device]]\ndev = \"7:0\"\nbackend = \"emulate\"").unwrap_err();
+        assert!(
+            e.starts_with(
+                "/etc/pr-helper.toml: [[device]] entry 1: backend \"emulate\" needs lu = \"NAME\""
+            ),
+            "{e}"
+        );
+        let e = parse("[[device]]\ndev = \"7:0\"\nbackend = \"emulate\"\nlu = \" x\"").unwrap_err();
+        assert!(
+            e.contains(
+                "entry 1: lu = …: logical unit identifier \" x\" begins or ends with white space"
+            ),
+            "{e}"
+        );
+        let e = parse("[[device]]\ndev = \"7:0\"\nbackend = \"sgio\"\nlu = \"x\"").unwrap_err();
+        assert!(
+            e.contains("entry 1: lu = \"x\" is only for backend = \"emulate\", not \"sgio\""),
+            "{e}"
+        );
+        let e = parse("default = \"emulate\"").unwrap_err();
+        assert!(
+            e.starts_with("/etc/pr-helper.toml: default = \"emulate\" is not supported yet"),
+            "{e}"
+        );
+        assert!(e.contains("VPD page 0x83"), "{e}");
+        let e = parse("[emulate]\ninitiator = \"node1\"").unwrap_err();
+        assert!(
+            e.starts_with(
+                "/etc/pr-helper.toml: [emulate]: initiator = \"node1\" is not an iSCSI name"
+            ),
+            "{e}"
+        );
+        let e = parse("[emulate]\nstore = \"pr.db\"").unwrap_err();
+        assert!(
+            e.contains("[emulate]: store = \"pr.db\" must be an absolute path"),
+            "{e}"
+        );
+        let e = parse("[emulate]\nrelative_target_port = 0").unwrap_err();
+        assert!(
+            e.contains("[emulate]: relative_target_port = 0 is out of range; expected 1 to 65535"),
+            "{e}"
+        );
+        let e = parse("[emulate]\nmax_registrations = 5000").unwrap_err();
+        assert!(
+            e.contains("[emulate]: max_registrations = 5000 is out of range; expected 1 to 1023"),
+            "{e}"
+        );
+        let e = parse("[emulate]\npath = \"/x\"").unwrap_err();
+        assert!(e.contains("unknown field `path`"), "{e}");
     }
 }

@@ -1,9 +1,11 @@
 //! The pr-helper daemon, in the order of its life: listen, daemonize, write the pidfile, drop
-//! privileges, install the seccomp filter, serve until a signal, finish what is in flight.
+//! privileges, open the emulation store (on its own sandboxed thread), install the seccomp
+//! filter, serve until a signal, finish what is in flight, close the store.
 #![forbid(unsafe_code)]
 
 pub mod cli;
 pub mod devices;
+mod emulate;
 mod listener;
 mod logging;
 mod multipath;
@@ -30,6 +32,8 @@ pub enum DaemonError {
     Privileges(#[from] privileges::PrivilegeError),
     #[error("cannot install the seccomp filter: {0}")]
     Seccomp(#[from] seccomp::SeccompError),
+    #[error("cannot start the emulate backend")]
+    Emulate(#[from] emulate::EmulateError),
     #[error("cannot start multipath support: {0}")]
     Multipath(#[source] std::io::Error),
     #[error("cannot start the runtime: {0}")]
@@ -64,6 +68,7 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
     // Info, not a warning: most machines have no multipath maps; a request for a device-mapper
     // device then says it again.
     tracing::info!("{}", multipath.describe());
+    emulate::prepare_directory(&config.devices, config.uid, config.gid)?;
     privileges::drop_privileges(
         config.uid,
         config.gid,
@@ -73,8 +78,20 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
     let multipath = multipath
         .start(sgio.clone(), config.seccomp)
         .map_err(DaemonError::Multipath)?;
-    let dispatcher = Arc::new(config.devices.dispatcher(sgio, multipath));
-    // Before the runtime: its threads inherit the filter (the multipath thread has its own).
+    let socket_path = listener
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_pathname().map(std::path::Path::to_path_buf));
+    let emulation =
+        emulate::Emulation::start(&config.devices, socket_path.as_deref(), config.seccomp)
+            .inspect_err(|_| socket_file.cleanup())?;
+    let dispatcher = Arc::new(config.devices.dispatcher(
+        sgio,
+        multipath,
+        emulation.as_ref().map(emulate::Emulation::backend),
+    ));
+    // Before the runtime: its threads inherit the filter (the multipath and store threads have
+    // their own).
     seccomp::install(config.seccomp)?;
     process::notify_ready();
 
@@ -86,11 +103,15 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         .build()
         .map_err(DaemonError::Runtime)?;
     let result = runtime.block_on(async {
-        server::serve(listener, dispatcher, &config)
+        server::serve(listener, dispatcher.clone(), &config)
             .await
             .map_err(DaemonError::Runtime)
     });
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    drop(dispatcher);
+    if let Some(e) = emulation {
+        e.close();
+    }
     socket_file.cleanup();
     result
 }

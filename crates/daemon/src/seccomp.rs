@@ -7,6 +7,15 @@
 //! own, wider list: the library opens path devices, sysfs files and multipathd's socket and
 //! issues device-mapper and SCSI ioctls, so files may be opened and ioctl is unrestricted there.
 //!
+//! The store thread (`pr-store`, with `backend = "emulate"`) is started after the privilege
+//! drop and before the server's filter, and installs its own list before it opens the SQLite
+//! database: the server's, plus exactly what SQLite needs for its files (see [`store_extra`]),
+//! without the EACCES filter on opens. `SqliteStore::open` starts the store's writer thread at
+//! once, from that thread, so the writer inherits the store list; the main thread installs the
+//! server's list afterwards without TSYNC, so neither store thread gets it, and no other thread
+//! gets theirs. The store thread then waits for the end of the daemon and drops the store last
+//! (closing SQLite checkpoints the WAL), under its own list.
+//!
 //! Opening files is never needed after start-up, but libc and std probe CPU and cgroup files
 //! from new threads (to size malloc arenas or thread pools). Those opens fail with EACCES — the
 //! callers fall back gracefully — instead of killing the daemon: a second, stacked filter
@@ -189,6 +198,59 @@ fn multipath_extra() -> Vec<i64> {
     v
 }
 
+/// What SQLite needs beyond the server's list, for the store thread and its writer. Found by
+/// running the daemon with emulated devices under `strace -f` (as nobody and as root, two
+/// daemons on one database, more than a thousand PR OUTs so the WAL is checkpointed and reset,
+/// a symlinked database path, a clean exit that checkpoints and removes the WAL):
+/// - pread64 / pwrite64: pages of the database and the WAL;
+/// - ftruncate: WAL reset and checkpoint;
+/// - geteuid, fchown: run as root, SQLite gives the -wal and -shm files the owner of the
+///   database;
+/// - readlink (readlinkat where there is no readlink): the path is resolved when it is a
+///   symbolic link.
+///
+/// The rest it uses is in the server's list already: openat (not refused on this thread: the
+/// EACCES filter is the server's only), fcntl (POSIX locks), fsync, newfstatat, unlink,
+/// getpid, mmap/munmap/mprotect (the -shm WAL index), futex, getrandom, close, read.
+fn store_extra() -> Vec<i64> {
+    vec![
+        libc::SYS_pread64,
+        libc::SYS_pwrite64,
+        libc::SYS_ftruncate,
+        libc::SYS_geteuid,
+        libc::SYS_fchown,
+        #[cfg(target_arch = "x86_64")]
+        libc::SYS_readlink,
+        #[cfg(not(target_arch = "x86_64"))]
+        libc::SYS_readlinkat,
+    ]
+}
+
+/// The store thread's filter: the server's list and SQLite's file calls.
+fn store_program(mode: SeccompMode) -> Result<BpfProgram, SeccompError> {
+    let err = |e: &dyn std::fmt::Display| SeccompError(e.to_string());
+    let rules: BTreeMap<i64, Vec<SeccompRule>> = allowed()
+        .into_iter()
+        .chain(store_extra())
+        .map(|s| (s, vec![]))
+        .collect();
+    let arch = std::env::consts::ARCH.try_into().map_err(|e| err(&e))?;
+    let filter = SeccompFilter::new(rules, mismatch_action(mode), SeccompAction::Allow, arch)
+        .map_err(|e| err(&e))?;
+    filter
+        .try_into()
+        .map_err(|e: seccompiler::BackendError| err(&e))
+}
+
+/// Installs the store thread's filter on the calling thread (before it opens the store).
+pub fn install_store_thread(mode: SeccompMode) -> Result<(), SeccompError> {
+    if mode == SeccompMode::None {
+        return Ok(());
+    }
+    let prog = store_program(mode)?;
+    seccompiler::apply_filter(&prog).map_err(|e| SeccompError(e.to_string()))
+}
+
 /// The multipath thread's filter: the server's list, files, unrestricted ioctl.
 fn multipath_program(mode: SeccompMode) -> Result<BpfProgram, SeccompError> {
     let err = |e: &dyn std::fmt::Display| SeccompError(e.to_string());
@@ -276,5 +338,6 @@ mod tests {
         assert!(!program(SeccompMode::Log).unwrap().is_empty());
         assert!(!deny_opens().unwrap().is_empty());
         assert!(!multipath_program(SeccompMode::Kill).unwrap().is_empty());
+        assert!(!store_program(SeccompMode::Kill).unwrap().is_empty());
     }
 }

@@ -1,0 +1,510 @@
+//! The `emulate` backend against the real daemon: real sockets, a real SQLite file in a
+//! temporary directory, loop devices (which have no reservations of their own: every answer
+//! here comes from the engine). Expected bytes are written out from SPC-4 (§6.15.2 READ KEYS,
+//! §6.15.3 READ RESERVATION). Tests run as root (CI does).
+
+mod common;
+
+use std::fs::File;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use common::*;
+use pr_client::Client;
+use pr_proto::Reply;
+use pr_scsi::Status;
+
+/// nobody:nogroup, whom the daemons here run as.
+fn nobody() -> (u32, u32) {
+    let u = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+    let g = nix::unistd::Group::from_name("nogroup").unwrap().unwrap();
+    (u.uid.as_raw(), g.gid.as_raw())
+}
+
+/// A directory for the database that the dropped user can write (SQLite creates -wal, -shm).
+fn store_dir() -> tempfile::TempDir {
+    let d = tempfile::tempdir().unwrap();
+    let (u, g) = nobody();
+    std::os::unix::fs::chown(d.path(), Some(u), Some(g)).unwrap();
+    d
+}
+
+fn write_config(dir: &Path, text: &str) -> PathBuf {
+    let p = dir.join("pr-helper.toml");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+/// A configuration that emulates `lo` as logical unit "disk0" on `db`, plus `extra`.
+fn emulate_config(dir: &Path, lo: &LoopDevice, db: &Path, extra: &str) -> PathBuf {
+    write_config(
+        dir,
+        &format!(
+            "[[device]]\npath = \"{}\"\nbackend = \"emulate\"\nlu = \"disk0\"\n\n[emulate]\n\
+             store = \"{}\"\n{extra}",
+            lo.path.display(),
+            db.display()
+        ),
+    )
+}
+
+/// Our daemon on `socket` (which may be in a directory laid out like libvirt's), as nobody,
+/// with its log (-v) in `log`.
+fn start_at(socket: &Path, config: &Path, log: &Path) -> Helper {
+    raise_nofile();
+    std::fs::create_dir_all(socket.parent().unwrap()).unwrap();
+    let child = Command::new(our_helper())
+        .arg("-k")
+        .arg(socket)
+        .arg("--config")
+        .arg(config)
+        .args(["-u", "nobody", "-g", "nogroup", "-v"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(File::create(log).unwrap())
+        .spawn()
+        .unwrap();
+    let h = Helper {
+        child,
+        socket: socket.to_path_buf(),
+        dir: tempfile::tempdir().unwrap(),
+    };
+    h.wait_for_socket();
+    h
+}
+
+fn cdb(bytes: &[u8]) -> [u8; 16] {
+    let mut c = [0u8; 16];
+    c[..bytes.len()].copy_from_slice(bytes);
+    c
+}
+
+/// PR OUT with service action `sa`, type `ty` (LU_SCOPE) and a basic parameter list.
+fn prout(c: &mut Client, dev: &File, sa: u8, ty: u8, key: u64, sa_key: u64) -> Reply {
+    c.execute(
+        dev.as_fd(),
+        &cdb(&[0x5f, sa, ty, 0, 0, 0, 0, 0, 24, 0]),
+        &params(key, sa_key),
+    )
+    .unwrap()
+}
+
+fn read_keys(c: &mut Client, dev: &File) -> Reply {
+    c.execute(
+        dev.as_fd(),
+        &cdb(&[0x5e, 0x00, 0, 0, 0, 0, 0, 0x01, 0x00, 0]),
+        &[],
+    )
+    .unwrap()
+}
+
+fn read_reservation(c: &mut Client, dev: &File) -> Reply {
+    c.execute(
+        dev.as_fd(),
+        &cdb(&[0x5e, 0x01, 0, 0, 0, 0, 0, 0x01, 0x00, 0]),
+        &[],
+    )
+    .unwrap()
+}
+
+fn sense(r: &Reply) -> (u8, u8, u8) {
+    (r.sense[2] & 0x0f, r.sense[12], r.sense[13])
+}
+
+const REGISTER: u8 = 0x00;
+const RESERVE: u8 = 0x01;
+const PREEMPT: u8 = 0x04;
+const WRITE_EXCLUSIVE: u8 = 0x01;
+const WE_REGISTRANTS_ONLY: u8 = 0x05;
+
+fn thread_status(pid: u32) -> Vec<(String, String)> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .map(|e| {
+            let t = e.unwrap().path();
+            let comm = std::fs::read_to_string(t.join("comm")).unwrap();
+            let st = std::fs::read_to_string(t.join("status")).unwrap();
+            let seccomp = st
+                .lines()
+                .find_map(|l| l.strip_prefix("Seccomp:"))
+                .unwrap()
+                .trim()
+                .to_string();
+            (comm.trim().to_string(), seccomp)
+        })
+        .collect()
+}
+
+#[test]
+fn register_reserve_and_read_through_pr_client_and_other_devices_keep_sg_io() {
+    let store = store_dir();
+    let lo = LoopDevice::new();
+    let other = LoopDevice::new();
+    let db = store.path().join("reservations.db");
+    let cfg = emulate_config(store.path(), &lo, &db, "");
+    let log = store.path().join("log");
+    let sock = store.path().join("run/node-a.sock");
+    let mut h = start_at(&sock, &cfg, &log);
+    let dev = lo.open(true);
+    let mut c = Client::connect(&h.socket).unwrap();
+
+    assert_eq!(
+        prout(&mut c, &dev, REGISTER, 0, 0, 0x1111).status,
+        Status::GOOD
+    );
+    assert_eq!(
+        prout(&mut c, &dev, RESERVE, WE_REGISTRANTS_ONLY, 0x1111, 0).status,
+        Status::GOOD
+    );
+    // READ KEYS: PRGENERATION 1, ADDITIONAL LENGTH 8, one key.
+    let r = read_keys(&mut c, &dev);
+    assert_eq!(r.status, Status::GOOD);
+    assert_eq!(
+        r.data,
+        [0, 0, 0, 1, 0, 0, 0, 8, 0, 0, 0, 0, 0, 0, 0x11, 0x11]
+    );
+    // READ RESERVATION: generation 1, length 16, key, scope/type byte 21 = 05h.
+    let r = read_reservation(&mut c, &dev);
+    assert_eq!(
+        r.data,
+        [0, 0, 0, 1, 0, 0, 0, 0x10, 0, 0, 0, 0, 0, 0, 0x11, 0x11, 0, 0, 0, 0, 0, 0x05, 0, 0]
+    );
+    assert!(db.exists());
+
+    // The other loop device is not configured: SG_IO, which a loop device refuses (EINVAL:
+    // ILLEGAL REQUEST, INVALID FIELD IN CDB), as without emulation.
+    let od = other.open(false);
+    let r = read_keys(&mut c, &od);
+    assert_eq!(
+        (r.status, sense(&r)),
+        (Status::CHECK_CONDITION, (0x05, 0x24, 0x00))
+    );
+
+    // Every thread has a seccomp filter, the store's two threads included.
+    let threads = thread_status(h.pid());
+    let names: Vec<&str> = threads.iter().map(|(n, _)| n.as_str()).collect();
+    assert!(names.contains(&"pr-store"), "{names:?}");
+    assert!(names.contains(&"pr-store-writer"), "{names:?}");
+    for (name, seccomp) in &threads {
+        assert_eq!(seccomp, "2", "thread {name} has no seccomp filter");
+    }
+
+    // A clean exit closes the store on its own thread (a syscall outside its list would kill
+    // the daemon: exit status 0 says it did not).
+    drop(c);
+    assert_eq!(h.signal_and_wait(libc::SIGTERM).code(), Some(0));
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        log.contains("as initiator iSCSI name iqn.2026-12.org.pr-helper:socket"),
+        "{log}"
+    );
+    assert!(
+        log.contains("do not stop a fenced VM's writes (QEMU writes to the device itself)"),
+        "{log}"
+    );
+}
+
+#[test]
+fn two_daemons_on_one_database_are_two_initiators_that_fence_each_other() {
+    let store = store_dir();
+    let lo = LoopDevice::new();
+    let db = store.path().join("reservations.db");
+    let cfg = emulate_config(store.path(), &lo, &db, "");
+    let a = start_at(
+        &store.path().join("a/pr.sock"),
+        &cfg,
+        &store.path().join("a.log"),
+    );
+    let b = start_at(
+        &store.path().join("b/pr.sock"),
+        &cfg,
+        &store.path().join("b.log"),
+    );
+    let dev = lo.open(true);
+    let mut ca = Client::connect(&a.socket).unwrap();
+    let mut cb = Client::connect(&b.socket).unwrap();
+
+    assert_eq!(
+        prout(&mut ca, &dev, REGISTER, 0, 0, 0x1111).status,
+        Status::GOOD
+    );
+    assert_eq!(
+        prout(&mut cb, &dev, REGISTER, 0, 0, 0x2222).status,
+        Status::GOOD
+    );
+    assert_eq!(
+        prout(&mut ca, &dev, RESERVE, WRITE_EXCLUSIVE, 0x1111, 0).status,
+        Status::GOOD
+    );
+    // B sees A's key (generation 2: two registrations).
+    let r = read_keys(&mut cb, &dev);
+    assert_eq!(
+        r.data,
+        [0, 0, 0, 2, 0, 0, 0, 16, 0, 0, 0, 0, 0, 0, 0x11, 0x11, 0, 0, 0, 0, 0, 0, 0x22, 0x22]
+    );
+    // B is another I_T nexus: its RESERVE conflicts with A's reservation.
+    assert_eq!(
+        prout(&mut cb, &dev, RESERVE, WRITE_EXCLUSIVE, 0x2222, 0).status,
+        Status::RESERVATION_CONFLICT
+    );
+    // B fences A: PREEMPT A's key, B holds WRITE EXCLUSIVE (generation 3).
+    assert_eq!(
+        prout(&mut cb, &dev, PREEMPT, WRITE_EXCLUSIVE, 0x2222, 0x1111).status,
+        Status::GOOD
+    );
+    let r = read_reservation(&mut cb, &dev);
+    assert_eq!(
+        r.data,
+        [0, 0, 0, 3, 0, 0, 0, 0x10, 0, 0, 0, 0, 0, 0, 0x22, 0x22, 0, 0, 0, 0, 0, 0x01, 0, 0]
+    );
+    // A's next command reports UNIT ATTENTION, REGISTRATIONS PREEMPTED (06h/2Ah/05h) once...
+    let r = read_keys(&mut ca, &dev);
+    assert_eq!(
+        (r.status, sense(&r)),
+        (Status::CHECK_CONDITION, (0x06, 0x2a, 0x05))
+    );
+    // ...then A sees only B's key, and its old key no longer works.
+    let r = read_keys(&mut ca, &dev);
+    assert_eq!(
+        r.data,
+        [0, 0, 0, 3, 0, 0, 0, 8, 0, 0, 0, 0, 0, 0, 0x22, 0x22]
+    );
+    assert_eq!(
+        prout(&mut ca, &dev, RESERVE, WRITE_EXCLUSIVE, 0x1111, 0).status,
+        Status::RESERVATION_CONFLICT
+    );
+}
+
+#[test]
+fn state_and_identity_survive_a_restart_under_libvirt_managed_paths() {
+    let store = store_dir();
+    let lo = LoopDevice::new();
+    let db = store.path().join("reservations.db");
+    let cfg = emulate_config(store.path(), &lo, &db, "");
+    let log = store.path().join("log");
+    let dev = lo.open(true);
+    // libvirt: <libDir>/domain-<id>-<name>/pr-helper0.sock; the id changes on every VM start.
+    let first = store.path().join("domain-5-node-a/pr-helper0.sock");
+    let mut h = start_at(&first, &cfg, &log);
+    let mut c = Client::connect(&h.socket).unwrap();
+    assert_eq!(
+        prout(&mut c, &dev, REGISTER, 0, 0, 0x1111).status,
+        Status::GOOD
+    );
+    drop(c);
+    assert_eq!(h.signal_and_wait(libc::SIGTERM).code(), Some(0));
+    drop(h);
+
+    let second = store.path().join("domain-6-node-a/pr-helper0.sock");
+    let h = start_at(&second, &cfg, &log);
+    let mut c = Client::connect(&h.socket).unwrap();
+    let r = read_keys(&mut c, &dev);
+    assert_eq!(
+        r.data,
+        [0, 0, 0, 1, 0, 0, 0, 8, 0, 0, 0, 0, 0, 0, 0x11, 0x11]
+    );
+    // The same initiator: the key registered before the restart is its own.
+    assert_eq!(
+        prout(&mut c, &dev, RESERVE, WRITE_EXCLUSIVE, 0x1111, 0).status,
+        Status::GOOD
+    );
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        log.contains(
+            "as initiator iSCSI name iqn.2026-12.org.pr-helper:vm.node-a on relative target port 1"
+        ),
+        "{log}"
+    );
+
+    // Another VM's socket is another initiator: the key is not its own.
+    let other = store.path().join("domain-7-node-b/pr-helper0.sock");
+    let hb = start_at(&other, &cfg, &store.path().join("b.log"));
+    let mut cb = Client::connect(&hb.socket).unwrap();
+    assert_eq!(
+        prout(&mut cb, &dev, RESERVE, WRITE_EXCLUSIVE, 0x1111, 0).status,
+        Status::RESERVATION_CONFLICT
+    );
+}
+
+#[test]
+fn a_configured_initiator_replaces_the_derived_one() {
+    let store = store_dir();
+    let lo = LoopDevice::new();
+    let db = store.path().join("reservations.db");
+    let cfg = emulate_config(
+        store.path(),
+        &lo,
+        &db,
+        "initiator = \"iqn.2026-01.com.example:node1\"\nrelative_target_port = 2\n",
+    );
+    let dev = lo.open(true);
+    let a = start_at(
+        &store.path().join("a.sock"),
+        &cfg,
+        &store.path().join("a.log"),
+    );
+    let mut c = Client::connect(&a.socket).unwrap();
+    assert_eq!(
+        prout(&mut c, &dev, REGISTER, 0, 0, 0x1111).status,
+        Status::GOOD
+    );
+    // Another socket with the same configured initiator is the same I_T nexus.
+    let b = start_at(
+        &store.path().join("b.sock"),
+        &cfg,
+        &store.path().join("b.log"),
+    );
+    let mut c = Client::connect(&b.socket).unwrap();
+    assert_eq!(
+        prout(&mut c, &dev, RESERVE, WRITE_EXCLUSIVE, 0x1111, 0).status,
+        Status::GOOD
+    );
+    let log = std::fs::read_to_string(store.path().join("b.log")).unwrap();
+    assert!(
+        log.contains(
+            "as initiator iSCSI name iqn.2026-01.com.example:node1 on relative target port 2"
+        ),
+        "{log}"
+    );
+}
+
+#[test]
+fn bad_emulate_configurations_and_stores_stop_the_start_naming_the_input() {
+    let store = store_dir();
+    let lo = LoopDevice::new();
+    let sock = store.path().join("s.sock");
+    let run = |cfg: &Path| {
+        let out = Command::new(our_helper())
+            .arg("-k")
+            .arg(&sock)
+            .arg("--config")
+            .arg(cfg)
+            .args(["-u", "nobody", "-g", "nogroup"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        assert!(!sock.exists());
+        String::from_utf8(out.stderr).unwrap()
+    };
+    let cfg = write_config(
+        store.path(),
+        &format!(
+            "[[device]]\npath = \"{}\"\nbackend = \"emulate\"\n",
+            lo.path.display()
+        ),
+    );
+    assert_eq!(
+        run(&cfg),
+        format!(
+            "pr-helper: --config: {}: [[device]] entry 1: backend \"emulate\" needs lu = \
+             \"NAME\", the logical unit's name in the store (identification by VPD page 0x83 is \
+             not implemented yet)\n",
+            cfg.display()
+        )
+    );
+    let db = store.path().join("reservations.db");
+    let cfg = emulate_config(store.path(), &lo, &db, "initiator = \"Node 1\"\n");
+    let e = run(&cfg);
+    assert!(
+        e.starts_with(&format!(
+            "pr-helper: --config: {}: [emulate]: initiator = \"Node 1\" is not an iSCSI name",
+            cfg.display()
+        )),
+        "{e}"
+    );
+
+    // A file that is not a SQLite database: refused, and left as it was.
+    let cfg = emulate_config(store.path(), &lo, &db, "");
+    std::fs::write(&db, vec![0x5a; 8192]).unwrap();
+    let e = run(&cfg);
+    assert!(
+        e.starts_with(&format!(
+            "pr-helper: cannot start the emulate backend: the store database {} is corrupt",
+            db.display()
+        )),
+        "{e}"
+    );
+    assert_eq!(std::fs::read(&db).unwrap(), vec![0x5a; 8192]);
+
+    // A database the dropped user cannot open.
+    let locked = tempfile::tempdir().unwrap(); // root's, mode 0700
+    let db = locked.path().join("reservations.db");
+    let cfg = emulate_config(store.path(), &lo, &db, "");
+    let e = run(&cfg);
+    assert!(
+        e.starts_with(&format!(
+            "pr-helper: cannot start the emulate backend: cannot open the store database {}",
+            db.display()
+        )),
+        "{e}"
+    );
+    assert!(
+        e.contains("must be writable by the user pr-helper runs as"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_missing_store_directory_is_created_for_the_dropped_user() {
+    let store = store_dir();
+    let lo = LoopDevice::new();
+    let db = store.path().join("var/lib/pr-helper/reservations.db");
+    let cfg = emulate_config(store.path(), &lo, &db, "");
+    let h = start_at(
+        &store.path().join("s.sock"),
+        &cfg,
+        &store.path().join("log"),
+    );
+    let dev = lo.open(true);
+    let mut c = Client::connect(&h.socket).unwrap();
+    assert_eq!(
+        prout(&mut c, &dev, REGISTER, 0, 0, 0x1111).status,
+        Status::GOOD
+    );
+    use std::os::unix::fs::MetadataExt;
+    let md = std::fs::metadata(db.parent().unwrap()).unwrap();
+    assert_eq!((md.uid(), md.gid()), nobody());
+    assert_eq!(md.mode() & 0o777, 0o750);
+}
+
+#[test]
+fn a_store_that_cannot_execute_answers_logical_unit_communication_failure() {
+    let store = store_dir();
+    let lo = LoopDevice::new();
+    let db = store.path().join("reservations.db");
+    let cfg = emulate_config(store.path(), &lo, &db, "");
+    let h = start_at(
+        &store.path().join("s.sock"),
+        &cfg,
+        &store.path().join("log"),
+    );
+    let dev = lo.open(true);
+    let mut c = Client::connect(&h.socket).unwrap();
+    assert_eq!(
+        prout(&mut c, &dev, REGISTER, 0, 0, 0x1111).status,
+        Status::GOOD
+    );
+    // Another process holds the database's write lock for longer than the store's 5 s busy
+    // timeout: the command cannot be executed, and nothing is written.
+    let other = rusqlite::Connection::open(&db).unwrap();
+    other.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let r = prout(&mut c, &dev, RESERVE, WRITE_EXCLUSIVE, 0x1111, 0);
+    // CHECK CONDITION, ABORTED COMMAND, LOGICAL UNIT COMMUNICATION FAILURE (0Bh/08h/00h).
+    assert_eq!(
+        (r.status, sense(&r)),
+        (Status::CHECK_CONDITION, (0x0b, 0x08, 0x00))
+    );
+    other.execute_batch("ROLLBACK").unwrap();
+    let r = read_reservation(&mut c, &dev);
+    assert_eq!(r.data, [0, 0, 0, 1, 0, 0, 0, 0]);
+    assert_eq!(
+        prout(&mut c, &dev, RESERVE, WRITE_EXCLUSIVE, 0x1111, 0).status,
+        Status::GOOD
+    );
+    let log = std::fs::read_to_string(store.path().join("log")).unwrap();
+    assert!(
+        log.contains("the store failed for logical unit disk0") && log.contains("stayed locked"),
+        "{log}"
+    );
+}

@@ -2,11 +2,13 @@
 //! privileges, install the seccomp filter, serve until a signal, finish what is in flight.
 #![forbid(unsafe_code)]
 
+mod active;
 pub mod cli;
 pub mod devices;
 mod listener;
 mod logging;
 mod multipath;
+mod pool;
 mod privileges;
 mod process;
 mod seccomp;

@@ -229,10 +229,8 @@ fn execute(
     // The device descriptor is closed here, once the command has run (the last close of a block
     // device flushes it, which a hung device would block too).
     drop(fd);
-    let dev = kind
-        .dev()
-        .map(|d| d.to_string())
-        .unwrap_or_else(|| "?".into());
+    // Formatted only when a line is written.
+    let dev = DeviceName(kind.dev());
     let reply = match result {
         Ok(r) => r,
         Err(e) => {
@@ -247,6 +245,18 @@ fn execute(
         debug!(device = %dev, backend = backend.name(), "{}: {outcome}, {} bytes", describe(&header), reply.data.len());
     }
     reply
+}
+
+/// A device number for log lines: "8:16", or "?" for a descriptor that has none.
+struct DeviceName(Option<pr_sys::device::DevNum>);
+
+impl std::fmt::Display for DeviceName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(d) => d.fmt(f),
+            None => f.write_str("?"),
+        }
+    }
 }
 
 /// "PR OUT REGISTER type WRITE EXCLUSIVE" style description of a request.

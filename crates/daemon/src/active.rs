@@ -1,24 +1,20 @@
-//! A busy connection, served on a thread of its own with blocking system calls: read a request,
-//! run it, write the reply, wait for the next. The kernel wakes the thread that owns the socket,
-//! so nothing passes between threads per request, and a hung device holds only the thread of
-//! the connection that sent the command. When no request comes for `LINGER`, the socket goes
-//! back to the event loop (server.rs), which holds idle connections for a few hundred bytes each.
+//! One request on a busy connection, with blocking system calls on the thread that serves it
+//! (busy.rs): read the request, check and run it, write the reply. A hung device holds only
+//! that thread and that connection.
 
 use std::io::{self, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pr_backend::{Device, Dispatcher, PrRequest, Route};
 use pr_proto::{Direction, Reply, RequestHeader, CDB_SIZE};
 use pr_scsi::{PrOutCdb, Status};
 use rustix::fs::OFlags;
-use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-/// How long a connection keeps its thread waiting for the next request. Also how long a
-/// shutdown waits for a connection that is between requests on its thread.
+/// How long a busy connection stays with the pollers without a request before it goes back to
+/// its task. Also how long a shutdown may wait for a connection between requests.
 pub(crate) const LINGER: Duration = Duration::from_millis(200);
 
 /// Why a connection was closed before its client closed it.
@@ -38,152 +34,150 @@ pub(crate) enum ConnectionError {
     Truncated,
     #[error("client stalled for {0:?} in the middle of a message")]
     Stalled(Duration),
-    #[error("no thread for the connection: {0}")]
-    Thread(#[source] io::Error),
-    #[error("the connection's thread ended without an answer")]
-    ThreadLost,
+    #[error("the connection's poller ended without an answer")]
+    PollerLost,
     #[error("{0}")]
     Io(#[from] io::Error),
 }
 
-/// How a turn on a thread ended.
+/// How a turn with the pollers ended.
 pub(crate) enum Turn {
-    /// No request for `LINGER`: the socket, non-blocking again, for the event loop to hold.
+    /// No request for `LINGER`: the socket, non-blocking again, for its task to hold.
     Quiet(UnixStream),
     /// The connection is over (client closed, shutdown, or an error).
     Closed(Result<(), ConnectionError>),
 }
 
-/// A connection handed to a thread for one turn.
-pub(crate) struct Active {
-    pub(crate) stream: UnixStream,
-    pub(crate) dispatcher: Arc<Dispatcher>,
-    pub(crate) shutdown: watch::Receiver<bool>,
-    pub(crate) io_timeout: Duration,
-    /// First turn of this connection: the socket's timeouts are set once, here.
-    pub(crate) first: bool,
+/// What serving one readiness event came to.
+pub(crate) enum Served {
+    /// A request was answered.
+    Reply,
+    /// Nothing to read after all.
+    Nothing,
+    /// The client closed the connection between requests.
+    Closed,
 }
 
 enum Read {
     Full,
     /// The peer closed between requests.
     Eof,
-    /// Nothing arrived for `LINGER` between requests.
-    Quiet,
+    /// Nothing to read between requests.
+    Nothing,
 }
 
-impl Active {
-    /// Serves requests until the connection is quiet for `LINGER` or ends.
-    pub(crate) fn serve(self) -> Turn {
-        match self.serve_requests() {
-            Ok(true) => match set_nonblocking(&self.stream, true) {
-                Ok(()) => Turn::Quiet(self.stream),
-                Err(e) => Turn::Closed(Err(e.into())),
-            },
-            Ok(false) => Turn::Closed(Ok(())),
-            Err(e) => Turn::Closed(Err(e)),
+/// Prepares a connection for blocking calls: on its first turn the receive timeout (the tick of
+/// the stall check below) and the send timeout (a client that stops reading its replies is
+/// dropped); then O_NONBLOCK off.
+pub(crate) fn begin_turn(
+    stream: &UnixStream,
+    first: bool,
+    io_timeout: Duration,
+) -> Result<(), ConnectionError> {
+    if first {
+        stream.set_read_timeout(Some(LINGER))?;
+        stream.set_write_timeout(Some(io_timeout))?;
+    }
+    set_nonblocking(stream, false)?;
+    Ok(())
+}
+
+/// The connection, non-blocking again, for its task to hold while it is idle.
+pub(crate) fn end_turn(stream: UnixStream) -> Turn {
+    match set_nonblocking(&stream, true) {
+        Ok(()) => Turn::Quiet(stream),
+        Err(e) => Turn::Closed(Err(e.into())),
+    }
+}
+
+/// Reads one request (without waiting when none is there), runs it and writes the reply.
+pub(crate) fn serve_one(
+    stream: &UnixStream,
+    dispatcher: &Dispatcher,
+    io_timeout: Duration,
+) -> Result<Served, ConnectionError> {
+    let mut fd = None;
+    let mut cdb = [0u8; CDB_SIZE];
+    match read_exact_with_fd(stream, io_timeout, &mut cdb, &mut fd, true, true)? {
+        Read::Eof => return Ok(Served::Closed),
+        Read::Nothing => return Ok(Served::Nothing),
+        Read::Full => {}
+    }
+    let Some(fd) = fd else {
+        return Err(ConnectionError::NoDescriptor);
+    };
+    let header = RequestHeader::parse(cdb)?;
+    let mut parameters = vec![0u8; header.parameter_bytes()];
+    if !parameters.is_empty() {
+        let mut none = None;
+        if !matches!(
+            read_exact_with_fd(stream, io_timeout, &mut parameters, &mut none, false, false)?,
+            Read::Full
+        ) {
+            return Err(ConnectionError::Truncated);
         }
     }
+    let mut reply = execute(dispatcher, fd, header, parameters);
+    reply.clamp_to(&header);
+    let mut out = stream;
+    out.write_all(&reply.encode()).map_err(|e| match e.kind() {
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => ConnectionError::Stalled(io_timeout),
+        _ => ConnectionError::Io(e),
+    })?;
+    Ok(Served::Reply)
+}
 
-    /// Ok(true) when the connection went quiet, Ok(false) when it is over.
-    fn serve_requests(&self) -> Result<bool, ConnectionError> {
-        if self.first {
-            // The receive timeout marks the end of a turn; the send timeout drops a client
-            // that stops reading its replies.
-            self.stream.set_read_timeout(Some(LINGER))?;
-            self.stream.set_write_timeout(Some(self.io_timeout))?;
-        }
-        set_nonblocking(&self.stream, false)?;
-        loop {
-            let mut fd = None;
-            let mut cdb = [0u8; CDB_SIZE];
-            match self.read_exact_with_fd(&mut cdb, &mut fd, true, true)? {
-                Read::Eof => return Ok(false),
-                Read::Quiet => return Ok(true),
-                Read::Full => {}
+/// Fills `buf` from the socket, collecting at most one descriptor into `fd` when
+/// `fd_allowed`. Between requests (`between`) the first read does not wait: `Nothing` when
+/// there is nothing, `Eof` when the peer closed. Once the first byte is in, the rest must
+/// arrive within the I/O timeout (measured from the first wait that found nothing, so at most
+/// `LINGER` longer).
+fn read_exact_with_fd(
+    stream: &UnixStream,
+    io_timeout: Duration,
+    buf: &mut [u8],
+    fd: &mut Option<OwnedFd>,
+    fd_allowed: bool,
+    between: bool,
+) -> Result<Read, ConnectionError> {
+    let mut filled = 0;
+    let mut stalled_since: Option<Instant> = None;
+    while filled < buf.len() {
+        let first = filled == 0 && between;
+        let received = match pr_sys::scm::recv_with_fds(stream.as_fd(), &mut buf[filled..], first) {
+            Ok(r) => r,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if first {
+                    return Ok(Read::Nothing);
+                }
+                let since = *stalled_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= io_timeout.saturating_sub(LINGER) {
+                    return Err(ConnectionError::Stalled(io_timeout));
+                }
+                continue;
             }
-            let Some(fd) = fd else {
-                return Err(ConnectionError::NoDescriptor);
+            Err(e) => return Err(e.into()),
+        };
+        let mut fds = received.fds;
+        if received.control_truncated || fds.len() > 1 || (!fds.is_empty() && fd.is_some()) {
+            return Err(ConnectionError::TooManyDescriptors);
+        }
+        if let Some(f) = fds.pop() {
+            if !fd_allowed {
+                return Err(ConnectionError::DescriptorWithData);
+            }
+            *fd = Some(f);
+        }
+        if received.bytes == 0 {
+            return if first {
+                Ok(Read::Eof)
+            } else {
+                Err(ConnectionError::Truncated)
             };
-            let header = RequestHeader::parse(cdb)?;
-            let mut parameters = vec![0u8; header.parameter_bytes()];
-            if !parameters.is_empty() {
-                let mut none = None;
-                if !matches!(
-                    self.read_exact_with_fd(&mut parameters, &mut none, false, false)?,
-                    Read::Full
-                ) {
-                    return Err(ConnectionError::Truncated);
-                }
-            }
-            let mut reply = execute(&self.dispatcher, fd, header, parameters);
-            reply.clamp_to(&header);
-            (&self.stream)
-                .write_all(&reply.encode())
-                .map_err(|e| match e.kind() {
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
-                        ConnectionError::Stalled(self.io_timeout)
-                    }
-                    _ => ConnectionError::Io(e),
-                })?;
-            // A shutdown ends the connection once its request in flight is answered.
-            if *self.shutdown.borrow() {
-                return Ok(false);
-            }
         }
+        filled += received.bytes;
     }
-
-    /// Fills `buf` from the socket, collecting at most one descriptor into `fd` when
-    /// `fd_allowed`. Between requests (`between`), returns `Eof` when the peer closed before
-    /// the first byte and `Quiet` when nothing came for `LINGER`. Once the first byte is in, the
-    /// rest must arrive within the I/O timeout (measured from the first wait that found
-    /// nothing, so at most `LINGER` longer).
-    fn read_exact_with_fd(
-        &self,
-        buf: &mut [u8],
-        fd: &mut Option<OwnedFd>,
-        fd_allowed: bool,
-        between: bool,
-    ) -> Result<Read, ConnectionError> {
-        let mut filled = 0;
-        let mut stalled_since: Option<Instant> = None;
-        while filled < buf.len() {
-            let received =
-                match pr_sys::scm::recv_with_fds(self.stream.as_fd(), &mut buf[filled..], false) {
-                    Ok(r) => r,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        if filled == 0 && between {
-                            return Ok(Read::Quiet);
-                        }
-                        let since = *stalled_since.get_or_insert_with(Instant::now);
-                        if since.elapsed() >= self.io_timeout.saturating_sub(LINGER) {
-                            return Err(ConnectionError::Stalled(self.io_timeout));
-                        }
-                        continue;
-                    }
-                    Err(e) => return Err(e.into()),
-                };
-            let mut fds = received.fds;
-            if received.control_truncated || fds.len() > 1 || (!fds.is_empty() && fd.is_some()) {
-                return Err(ConnectionError::TooManyDescriptors);
-            }
-            if let Some(f) = fds.pop() {
-                if !fd_allowed {
-                    return Err(ConnectionError::DescriptorWithData);
-                }
-                *fd = Some(f);
-            }
-            if received.bytes == 0 {
-                return if filled == 0 && between {
-                    Ok(Read::Eof)
-                } else {
-                    Err(ConnectionError::Truncated)
-                };
-            }
-            filled += received.bytes;
-        }
-        Ok(Read::Full)
-    }
+    Ok(Read::Full)
 }
 
 /// Sets or clears O_NONBLOCK with fcntl (std's set_nonblocking uses the FIONBIO ioctl, which

@@ -3,12 +3,12 @@
 #![forbid(unsafe_code)]
 
 mod active;
+mod busy;
 pub mod cli;
 pub mod devices;
 mod listener;
 mod logging;
 mod multipath;
-mod pool;
 mod privileges;
 mod process;
 mod seccomp;

@@ -1,11 +1,11 @@
 //! The accept loop and idle connections.
 //!
 //! Each connection is a task on the runtime: the handshake, then waiting, for as long as the
-//! VM runs, for a request. When one arrives, the socket goes to a thread of its own
-//! (active.rs, pool.rs), which serves requests with blocking calls until the connection is quiet
-//! for a moment, then hands the socket back. So an idle connection costs a task, a busy one a
-//! thread, and a request never passes between threads. On SIGTERM/SIGINT/SIGHUP the listener
-//! closes, idle connections end, and requests already under way finish and are answered.
+//! VM runs, for a request. When one arrives, the socket joins the busy set (busy.rs), whose
+//! poller threads serve requests where they arrive until the connection is quiet for a moment,
+//! then hand the socket back. So an idle connection costs a task, and a request never passes
+//! between threads. On SIGTERM/SIGINT/SIGHUP the listener closes, idle connections end, and
+//! requests already under way finish and are answered.
 
 use std::io;
 use std::sync::Arc;
@@ -16,11 +16,11 @@ use pr_proto::{check_client_features, encode_features, FEATURES_NONE, FEATURES_S
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+use tokio::sync::{mpsc, watch, Semaphore};
 use tracing::{debug, info, warn};
 
-use crate::active::{Active, ConnectionError, Turn};
-use crate::pool::Pool;
+use crate::active::{ConnectionError, Turn};
+use crate::busy::Busy;
 use crate::Config;
 
 /// Serves until a termination signal, then waits for connections to finish their requests.
@@ -39,7 +39,8 @@ pub async fn serve(
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
     let io_timeout = config.io_timeout;
-    let pool = Pool::new();
+    let busy = Busy::new(dispatcher, io_timeout)?;
+    tokio::spawn(busy.clone().monitor());
 
     loop {
         let permit = tokio::select! {
@@ -64,10 +65,9 @@ pub async fn serve(
         };
         let conn = Connection {
             stream,
-            dispatcher: dispatcher.clone(),
             shutdown: shutdown_rx.clone(),
             io_timeout,
-            pool: pool.clone(),
+            busy: busy.clone(),
         };
         let done = done_tx.clone();
         tokio::spawn(async move {
@@ -81,6 +81,7 @@ pub async fn serve(
     info!("terminating: no new connections; finishing requests in flight");
     drop(listener);
     let _ = shutdown_tx.send(true);
+    busy.begin_shutdown();
     drop(done_tx);
     let _ = done_rx.recv().await;
     Ok(())
@@ -88,10 +89,9 @@ pub async fn serve(
 
 struct Connection {
     stream: UnixStream,
-    dispatcher: Arc<Dispatcher>,
     shutdown: watch::Receiver<bool>,
     io_timeout: Duration,
-    pool: Arc<Pool>,
+    busy: Arc<Busy>,
 }
 
 impl Connection {
@@ -107,25 +107,12 @@ impl Connection {
                 r = stream.readable() => r?,
                 _ = shutdown.wait_for(|s| *s) => return Ok(()),
             }
-            let active = Active {
-                stream: stream.into_std()?,
-                dispatcher: self.dispatcher.clone(),
-                shutdown: self.shutdown.clone(),
-                io_timeout: self.io_timeout,
-                first,
-            };
+            let turn = self.busy.join(stream.into_std()?, first)?;
             first = false;
-            let (done, turn) = oneshot::channel();
-            self.pool
-                .run(Box::new(move || {
-                    // The task waits for this answer; it is gone only if the runtime is.
-                    let _ = done.send(active.serve());
-                }))
-                .map_err(ConnectionError::Thread)?;
             match turn.await {
                 Ok(Turn::Quiet(s)) => stream = UnixStream::from_std(s)?,
                 Ok(Turn::Closed(r)) => return r,
-                Err(_) => return Err(ConnectionError::ThreadLost),
+                Err(_) => return Err(ConnectionError::PollerLost),
             }
         }
     }

@@ -390,8 +390,8 @@ fn no_descriptor_leaks_over_100000_requests() {
 }
 
 #[test]
-fn concurrent_sg_io_starts_connection_threads_under_seccomp() {
-    // Many clients at once on a block device make the daemon start connection threads after
+fn concurrent_sg_io_starts_poller_threads_under_seccomp() {
+    // Many clients at once on a block device make the daemon start its poller threads after
     // the seccomp filter is in place; each new thread must stay within the allow-list (glibc
     // used to open /sys/devices/system/cpu/online to size a new malloc arena, and the daemon
     // was killed) and carry the filter.
@@ -417,8 +417,8 @@ fn concurrent_sg_io_starts_connection_threads_under_seccomp() {
     for t in threads {
         t.join().unwrap();
     }
-    // Idle connection threads are kept for seconds after their connections went quiet.
-    let mut connection_threads = 0;
+    // The pollers, once started, stay.
+    let mut pollers = 0;
     for t in std::fs::read_dir(format!("/proc/{}/task", h.pid())).unwrap() {
         let t = t.unwrap().path();
         let (Ok(st), Ok(comm)) = (
@@ -428,7 +428,7 @@ fn concurrent_sg_io_starts_connection_threads_under_seccomp() {
             continue; // ended since the listing
         };
         assert!(st.contains("Seccomp:\t2"), "{}: {st}", t.display());
-        connection_threads += usize::from(comm.trim() == "pr-helper-conn");
+        pollers += usize::from(comm.trim() == "pr-helper-poll");
     }
-    assert!(connection_threads > 0, "no connection thread found");
+    assert!(pollers > 0, "no poller thread found");
 }

@@ -6,7 +6,7 @@
 //! between threads per request, and under load a poller goes from one connection to the next
 //! without sleeping. A poller stuck in a command (a hung device) holds only that connection; a
 //! monitor task sees when no poller has been free and none has finished a request for a tick,
-//! and starts another, so the others go on being served. Connections quiet for `LINGER` go
+//! and starts as many again, so the other connections go on being served. Connections quiet for `LINGER` go
 //! back to their tasks (server.rs), where an idle connection costs a few hundred bytes.
 
 use std::io;

@@ -71,7 +71,10 @@ sleep 0.5
 n=0
 for d in "${slow[@]}" "${slow[@]}"; do
   n=$((n + 1))
-  ( $C keys "$d" >$log/slow$n.out 2>&1; echo $? >$log/slow$n.rc; date +%s.%N >$log/slow$n.end ) &
+  # Each result file appears only once complete (written aside, then renamed): the checks
+  # below test for existence and read at once.
+  ( $C keys "$d" >$log/slow$n.out 2>&1; echo $? >$log/slow$n.rc.tmp; mv $log/slow$n.rc.tmp $log/slow$n.rc
+    date +%s.%N >$log/slow$n.end.tmp; mv $log/slow$n.end.tmp $log/slow$n.end ) &
 done
 sleep 1
 pending=0
@@ -89,13 +92,14 @@ wait $load
 check_load $log/during.json "8 connections on the healthy disk served on while commands hung"
 
 # The slow commands come back, with the disk's answer (scsi_debug has no persistent
-# reservations: ILLEGAL REQUEST), once the READ is done.
+# reservations: ILLEGAL REQUEST), once the READ is done. Bounded wait: 60 s.
 for s in $(seq 300); do
   done_=0
   for i in 1 2 3 4; do [ -e $log/slow$i.end ] && done_=$((done_ + 1)); done
   [ $done_ = 4 ] && break
   sleep 0.2
 done
+[ $done_ = 4 ] || echo "hang: only $done_ of 4 slow commands came back within 60 s of the load's end"
 for i in 1 2 3 4; do
   if [ -e $log/slow$i.end ]; then
     took=$(awk -v a="$t0" -v b="$(cat $log/slow$i.end)" 'BEGIN { printf "%.1f", b - a }')

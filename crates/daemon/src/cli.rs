@@ -77,8 +77,8 @@ pub struct Cli {
     pub sgio_timeout: u32,
 
     /// Longest wait, in seconds, for a client that has started the handshake or a request to
-    /// send the rest of it. Idle connections between requests are never timed out: QEMU keeps
-    /// its connection open for the life of the VM.
+    /// send the rest of it, or to take a reply. Idle connections between requests are never
+    /// timed out: QEMU keeps its connection open for the life of the VM.
     #[arg(long = "io-timeout", value_name = "SECONDS", default_value_t = 30,
           value_parser = clap::value_parser!(u32).range(1..=3600))]
     pub io_timeout: u32,

@@ -3,6 +3,8 @@
 //! filter, serve until a signal, finish what is in flight, close the store.
 #![forbid(unsafe_code)]
 
+mod active;
+mod busy;
 pub mod cli;
 pub mod devices;
 mod emulate;

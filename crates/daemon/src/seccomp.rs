@@ -1,7 +1,8 @@
 //! The seccomp allow-list: the system calls the serving daemon makes, and nothing else.
 //! Installed on the main thread before the runtime starts, so every thread started later
 //! inherits it. ioctl is allowed only with the SG_IO, SG_GET_VERSION_NUM, block-layer PR
-//! (IOC_PR_*), NVME_IOCTL_ID and DM_TABLE_STATUS request numbers.
+//! (IOC_PR_*), NVME_IOCTL_ID and DM_TABLE_STATUS request numbers; setsockopt only for a
+//! socket's receive and send timeouts.
 //!
 //! The multipath thread, which runs libmpathpersist, is started before that and installs its
 //! own, wider list: the library opens path devices, sysfs files and multipathd's socket and
@@ -82,7 +83,7 @@ fn allowed() -> Vec<i64> {
         libc::SYS_madvise,
         libc::SYS_mprotect,
         libc::SYS_brk,
-        // Threads of the blocking pool.
+        // Connection threads (pool.rs) and the runtime's.
         libc::SYS_clone,
         libc::SYS_clone3,
         libc::SYS_set_robust_list,
@@ -294,6 +295,21 @@ fn program(mode: SeccompMode) -> Result<BpfProgram, SeccompError> {
         ioctls.push(ioctl_rule(req)?);
     }
     rules.insert(libc::SYS_ioctl, ioctls);
+    // A connection's receive and send timeouts (active.rs), nothing else.
+    let sockopt_rule = |name: libc::c_int| -> Result<SeccompRule, SeccompError> {
+        let cond = |arg: u8, value: libc::c_int| {
+            SeccompCondition::new(arg, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, value as u64)
+                .map_err(|e| err(&e))
+        };
+        SeccompRule::new(vec![cond(1, libc::SOL_SOCKET)?, cond(2, name)?]).map_err(|e| err(&e))
+    };
+    rules.insert(
+        libc::SYS_setsockopt,
+        vec![
+            sockopt_rule(libc::SO_RCVTIMEO)?,
+            sockopt_rule(libc::SO_SNDTIMEO)?,
+        ],
+    );
     let mismatch = mismatch_action(mode);
     let arch = std::env::consts::ARCH.try_into().map_err(|e| err(&e))?;
     let filter =

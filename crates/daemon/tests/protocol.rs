@@ -390,11 +390,11 @@ fn no_descriptor_leaks_over_100000_requests() {
 }
 
 #[test]
-fn concurrent_sg_io_grows_the_blocking_pool_under_seccomp() {
-    // Many clients at once on a block device make the runtime start blocking-pool threads after
+fn concurrent_sg_io_starts_poller_threads_under_seccomp() {
+    // Many clients at once on a block device make the daemon start its poller threads after
     // the seccomp filter is in place; each new thread must stay within the allow-list (glibc
     // used to open /sys/devices/system/cpu/online to size a new malloc arena, and the daemon
-    // was killed).
+    // was killed) and carry the filter.
     let h = Helper::ours(&[]);
     let lo = LoopDevice::new();
     let path = lo.path.clone();
@@ -417,6 +417,18 @@ fn concurrent_sg_io_grows_the_blocking_pool_under_seccomp() {
     for t in threads {
         t.join().unwrap();
     }
-    let st = h.proc_status();
-    assert!(st.contains("Seccomp:\t2"), "seccomp filter active");
+    // The pollers, once started, stay.
+    let mut pollers = 0;
+    for t in std::fs::read_dir(format!("/proc/{}/task", h.pid())).unwrap() {
+        let t = t.unwrap().path();
+        let (Ok(st), Ok(comm)) = (
+            std::fs::read_to_string(t.join("status")),
+            std::fs::read_to_string(t.join("comm")),
+        ) else {
+            continue; // ended since the listing
+        };
+        assert!(st.contains("Seccomp:\t2"), "{}: {st}", t.display());
+        pollers += usize::from(comm.trim() == "pr-helper-poll");
+    }
+    assert!(pollers > 0, "no poller thread found");
 }

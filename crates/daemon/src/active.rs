@@ -1,0 +1,292 @@
+//! One request on a busy connection, with blocking system calls on the thread that serves it
+//! (busy.rs): read the request, check and run it, write the reply. A hung device holds only
+//! that thread and that connection.
+
+use std::io::{self, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+use pr_backend::{Device, Dispatcher, PrRequest, Route};
+use pr_proto::{Direction, Reply, RequestHeader, CDB_SIZE};
+use pr_scsi::{PrOutCdb, Status};
+use rustix::fs::OFlags;
+use tracing::{debug, info, warn};
+
+/// How long a busy connection stays with the pollers without a request before it goes back to
+/// its task. Also how long a shutdown may wait for a connection between requests.
+pub(crate) const LINGER: Duration = Duration::from_millis(200);
+
+/// Why a connection was closed before its client closed it.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ConnectionError {
+    #[error("client sent feature word {0:#x}; only 0 is accepted")]
+    Features(u32),
+    #[error("request without a file descriptor")]
+    NoDescriptor,
+    #[error("more than one file descriptor in a request")]
+    TooManyDescriptors,
+    #[error("file descriptor sent with parameter data")]
+    DescriptorWithData,
+    #[error("{0}")]
+    Protocol(#[from] pr_proto::ProtocolError),
+    #[error("client disconnected in the middle of a request")]
+    Truncated,
+    #[error("client stalled for {0:?} in the middle of a message")]
+    Stalled(Duration),
+    #[error("the connection's poller ended without an answer")]
+    PollerLost,
+    #[error("{0}")]
+    Io(#[from] io::Error),
+}
+
+/// How a turn with the pollers ended.
+pub(crate) enum Turn {
+    /// No request for `LINGER`: the socket, non-blocking again, for its task to hold.
+    Quiet(UnixStream),
+    /// The connection is over (client closed, shutdown, or an error).
+    Closed(Result<(), ConnectionError>),
+}
+
+/// What serving one readiness event came to.
+pub(crate) enum Served {
+    /// A request was answered.
+    Reply,
+    /// Nothing to read after all.
+    Nothing,
+    /// The client closed the connection between requests.
+    Closed,
+}
+
+enum Read {
+    Full,
+    /// The peer closed between requests.
+    Eof,
+    /// Nothing to read between requests.
+    Nothing,
+}
+
+/// Prepares a connection for blocking calls: on its first turn the receive timeout (the tick of
+/// the stall check below) and the send timeout (a client that stops reading its replies is
+/// dropped); then O_NONBLOCK off.
+pub(crate) fn begin_turn(
+    stream: &UnixStream,
+    first: bool,
+    io_timeout: Duration,
+) -> Result<(), ConnectionError> {
+    if first {
+        stream.set_read_timeout(Some(LINGER))?;
+        stream.set_write_timeout(Some(io_timeout))?;
+    }
+    set_nonblocking(stream, false)?;
+    Ok(())
+}
+
+/// The connection, non-blocking again, for its task to hold while it is idle.
+pub(crate) fn end_turn(stream: UnixStream) -> Turn {
+    match set_nonblocking(&stream, true) {
+        Ok(()) => Turn::Quiet(stream),
+        Err(e) => Turn::Closed(Err(e.into())),
+    }
+}
+
+/// Reads one request (without waiting when none is there), runs it and writes the reply.
+pub(crate) fn serve_one(
+    stream: &UnixStream,
+    dispatcher: &Dispatcher,
+    io_timeout: Duration,
+) -> Result<Served, ConnectionError> {
+    let mut fd = None;
+    let mut cdb = [0u8; CDB_SIZE];
+    match read_exact_with_fd(stream, io_timeout, &mut cdb, &mut fd, true, true)? {
+        Read::Eof => return Ok(Served::Closed),
+        Read::Nothing => return Ok(Served::Nothing),
+        Read::Full => {}
+    }
+    let Some(fd) = fd else {
+        return Err(ConnectionError::NoDescriptor);
+    };
+    let header = RequestHeader::parse(cdb)?;
+    let mut parameters = vec![0u8; header.parameter_bytes()];
+    if !parameters.is_empty() {
+        let mut none = None;
+        if !matches!(
+            read_exact_with_fd(stream, io_timeout, &mut parameters, &mut none, false, false)?,
+            Read::Full
+        ) {
+            return Err(ConnectionError::Truncated);
+        }
+    }
+    let mut reply = execute(dispatcher, fd, header, parameters);
+    reply.clamp_to(&header);
+    let mut out = stream;
+    out.write_all(&reply.encode()).map_err(|e| match e.kind() {
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => ConnectionError::Stalled(io_timeout),
+        _ => ConnectionError::Io(e),
+    })?;
+    Ok(Served::Reply)
+}
+
+/// Fills `buf` from the socket, collecting at most one descriptor into `fd` when
+/// `fd_allowed`. Between requests (`between`) the first read does not wait: `Nothing` when
+/// there is nothing, `Eof` when the peer closed. Once the first byte is in, the rest must
+/// arrive within the I/O timeout (measured from the first wait that found nothing, so at most
+/// `LINGER` longer).
+fn read_exact_with_fd(
+    stream: &UnixStream,
+    io_timeout: Duration,
+    buf: &mut [u8],
+    fd: &mut Option<OwnedFd>,
+    fd_allowed: bool,
+    between: bool,
+) -> Result<Read, ConnectionError> {
+    let mut filled = 0;
+    let mut stalled_since: Option<Instant> = None;
+    while filled < buf.len() {
+        let first = filled == 0 && between;
+        let received = match pr_sys::scm::recv_with_fds(stream.as_fd(), &mut buf[filled..], first) {
+            Ok(r) => r,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if first {
+                    return Ok(Read::Nothing);
+                }
+                let since = *stalled_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= io_timeout.saturating_sub(LINGER) {
+                    return Err(ConnectionError::Stalled(io_timeout));
+                }
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let mut fds = received.fds;
+        if received.control_truncated || fds.len() > 1 || (!fds.is_empty() && fd.is_some()) {
+            return Err(ConnectionError::TooManyDescriptors);
+        }
+        if let Some(f) = fds.pop() {
+            if !fd_allowed {
+                return Err(ConnectionError::DescriptorWithData);
+            }
+            *fd = Some(f);
+        }
+        if received.bytes == 0 {
+            return if first {
+                Ok(Read::Eof)
+            } else {
+                Err(ConnectionError::Truncated)
+            };
+        }
+        filled += received.bytes;
+    }
+    Ok(Read::Full)
+}
+
+/// Sets or clears O_NONBLOCK with fcntl (std's set_nonblocking uses the FIONBIO ioctl, which
+/// the seccomp filter forbids).
+fn set_nonblocking(stream: &UnixStream, nonblocking: bool) -> io::Result<()> {
+    let flags = rustix::fs::fcntl_getfl(stream)?;
+    let wanted = if nonblocking {
+        flags | OFlags::NONBLOCK
+    } else {
+        flags - OFlags::NONBLOCK
+    };
+    if wanted != flags {
+        rustix::fs::fcntl_setfl(stream, wanted)?;
+    }
+    Ok(())
+}
+
+/// Checks the descriptor, then runs the command on this thread (it may block on a hung device:
+/// only this connection waits).
+fn execute(
+    dispatcher: &Dispatcher,
+    fd: OwnedFd,
+    header: RequestHeader,
+    parameters: Vec<u8>,
+) -> Reply {
+    let (backend, kind) = match dispatcher.route(fd.as_fd(), &header) {
+        Route::Immediate { reply, reason } => {
+            // Info, not warn: a client can send these as fast as it likes.
+            info!("refused {}: {reason}", describe(&header));
+            return reply;
+        }
+        Route::Execute { backend, device } => (backend, device.kind),
+    };
+    let device = Device {
+        fd: fd.as_fd(),
+        kind,
+    };
+    let request = PrRequest {
+        header: &header,
+        parameters: &parameters,
+    };
+    let result = backend.execute(&device, &request);
+    // The device descriptor is closed here, once the command has run (the last close of a block
+    // device flushes it, which a hung device would block too).
+    drop(fd);
+    // Formatted only when a line is written.
+    let dev = DeviceName(kind.dev());
+    let reply = match result {
+        Ok(r) => r,
+        Err(e) => {
+            warn!("{} on {dev}: {e}", describe(&header));
+            e.to_reply()
+        }
+    };
+    let outcome = outcome(&reply);
+    if header.direction == Direction::Out {
+        info!(device = %dev, backend = backend.name(), "{}: {outcome}", describe(&header));
+    } else {
+        debug!(device = %dev, backend = backend.name(), "{}: {outcome}, {} bytes", describe(&header), reply.data.len());
+    }
+    reply
+}
+
+/// A device number for log lines: "8:16", or "?" for a descriptor that has none.
+struct DeviceName(Option<pr_sys::device::DevNum>);
+
+impl std::fmt::Display for DeviceName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(d) => d.fmt(f),
+            None => f.write_str("?"),
+        }
+    }
+}
+
+/// "PR OUT REGISTER type WRITE EXCLUSIVE" style description of a request.
+fn describe(header: &RequestHeader) -> String {
+    match header.direction {
+        Direction::In => {
+            let sa = header.cdb[1] & 0x1f;
+            match pr_scsi::ServiceActionIn::from_code(sa) {
+                Some(s) => format!("PR IN {s}"),
+                None => format!("PR IN service action {sa:#x}"),
+            }
+        }
+        Direction::Out => match PrOutCdb::parse(&header.cdb) {
+            Ok(c) => {
+                let sa = c
+                    .service_action()
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|_| format!("service action {:#x}", c.service_action_code));
+                let ty = c
+                    .reservation_type()
+                    .map(|t| t.to_string())
+                    .unwrap_or_else(|_| format!("{:#x}", c.type_code));
+                format!("PR OUT {sa} type {ty}")
+            }
+            Err(_) => "PR OUT".into(),
+        },
+    }
+}
+
+fn outcome(reply: &Reply) -> String {
+    if reply.status == Status::CHECK_CONDITION {
+        match pr_scsi::Sense::parse(&reply.sense) {
+            Some(s) => format!("{} [{}]", reply.status, s.code),
+            None => reply.status.to_string(),
+        }
+    } else {
+        reply.status.to_string()
+    }
+}

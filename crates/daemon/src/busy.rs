@@ -1,0 +1,343 @@
+//! Busy connections, served by the thread that sees the request arrive.
+//!
+//! A connection with a request to serve joins one epoll set (one-shot registrations) watched by
+//! a few poller threads, one per CPU. The poller that is woken for a connection reads its
+//! request, runs it and writes the reply itself, then re-arms the registration: no hand-off
+//! between threads per request, and under load a poller goes from one connection to the next
+//! without sleeping. A poller stuck in a command (a hung device) holds only that connection; a
+//! monitor task sees when no poller has been free and none has finished a request for a tick,
+//! and starts as many again, so the other connections go on being served. Connections quiet for `LINGER` go
+//! back to their tasks (server.rs), where an idle connection costs a few hundred bytes.
+
+use std::io;
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use pr_backend::Dispatcher;
+use rustix::buffer::spare_capacity;
+use rustix::event::epoll::{self, EventData, EventFlags};
+use rustix::event::Timespec;
+use tokio::sync::{oneshot, Notify};
+use tracing::warn;
+
+use crate::active::{self, ConnectionError, Served, Turn, LINGER};
+
+/// Stack of each poller thread: only the pages a request touches become resident.
+const STACK_SIZE: usize = 128 * 1024;
+/// How often the monitor looks for quiet connections and stuck pollers.
+const TICK: Duration = Duration::from_millis(20);
+/// A poller beyond the wanted number ends after this long without an event.
+const EXTRA_IDLE: Timespec = Timespec {
+    tv_sec: 1,
+    tv_nsec: 0,
+};
+
+pub(crate) struct Busy {
+    epoll: OwnedFd,
+    slots: Mutex<Slots>,
+    dispatcher: Arc<Dispatcher>,
+    io_timeout: Duration,
+    shutdown: AtomicBool,
+    /// Pollers wanted when none is stuck (one per CPU).
+    wanted: usize,
+    /// Pollers running, and how many of them wait in epoll_wait.
+    pollers: AtomicUsize,
+    waiting: AtomicUsize,
+    /// Requests served, for the monitor to see progress.
+    served: AtomicU64,
+    joined: Notify,
+}
+
+#[derive(Default)]
+struct Slots {
+    entries: Vec<Entry>,
+    free: Vec<u32>,
+    used: usize,
+}
+
+#[derive(Default)]
+struct Entry {
+    /// Distinguishes this use of the slot from earlier ones: an event for a connection that
+    /// has left is ignored.
+    generation: u32,
+    slot: Option<Slot>,
+}
+
+struct Slot {
+    /// Absent while a poller serves the connection.
+    stream: Option<UnixStream>,
+    done: oneshot::Sender<Turn>,
+    last: Instant,
+}
+
+fn key(index: u32, generation: u32) -> u64 {
+    (u64::from(generation) << 32) | u64::from(index)
+}
+
+impl Busy {
+    pub(crate) fn new(dispatcher: Arc<Dispatcher>, io_timeout: Duration) -> io::Result<Arc<Busy>> {
+        Ok(Arc::new(Busy {
+            epoll: epoll::create(epoll::CreateFlags::CLOEXEC)?,
+            slots: Mutex::new(Slots::default()),
+            dispatcher,
+            io_timeout,
+            shutdown: AtomicBool::new(false),
+            wanted: std::thread::available_parallelism().map_or(2, |n| n.get().min(4)),
+            pollers: AtomicUsize::new(0),
+            waiting: AtomicUsize::new(0),
+            served: AtomicU64::new(0),
+            joined: Notify::new(),
+        }))
+    }
+
+    /// Takes a connection that has a request waiting; the answer says how its turn ended.
+    pub(crate) fn join(
+        self: &Arc<Self>,
+        stream: UnixStream,
+        first: bool,
+    ) -> Result<oneshot::Receiver<Turn>, ConnectionError> {
+        active::begin_turn(&stream, first, self.io_timeout)?;
+        if self.pollers.load(Ordering::Acquire) == 0 {
+            self.start_pollers(self.wanted)?;
+        }
+        let (done, turn) = oneshot::channel();
+        let mut slots = self.lock();
+        let index = match slots.free.pop() {
+            Some(i) => i,
+            None => {
+                slots.entries.push(Entry::default());
+                u32::try_from(slots.entries.len() - 1).map_err(|_| io::Error::other("too many"))?
+            }
+        };
+        let entry = &mut slots.entries[index as usize];
+        entry.generation = entry.generation.wrapping_add(1);
+        let k = key(index, entry.generation);
+        // Registered under the lock: a poller woken at once waits for it, then finds the
+        // connection in its slot.
+        if let Err(e) = epoll::add(
+            &self.epoll,
+            &stream,
+            EventData::new_u64(k),
+            EventFlags::IN | EventFlags::ONESHOT,
+        ) {
+            slots.free.push(index);
+            return Err(io::Error::from(e).into());
+        }
+        entry.slot = Some(Slot {
+            stream: Some(stream),
+            done,
+            last: Instant::now(),
+        });
+        slots.used += 1;
+        drop(slots);
+        self.joined.notify_one();
+        Ok(turn)
+    }
+
+    /// From now on every connection ends once its request in flight is answered.
+    pub(crate) fn begin_shutdown(&self) {
+        self.shutdown.store(true, Ordering::Release);
+        self.joined.notify_one();
+    }
+
+    /// Hands quiet connections back and starts a poller when all are stuck. Runs until the
+    /// runtime ends; sleeps while no connection is busy.
+    pub(crate) async fn monitor(self: Arc<Self>) {
+        let mut last_served = u64::MAX;
+        loop {
+            if self.lock().used == 0 {
+                self.joined.notified().await;
+            }
+            tokio::time::sleep(TICK).await;
+            self.hand_back_quiet();
+            let served = self.served.load(Ordering::Acquire);
+            if served == last_served
+                && self.waiting.load(Ordering::Acquire) == 0
+                && self.lock().used > 0
+            {
+                // Every poller has been inside one request for a whole tick: as many again.
+                if let Err(e) = self.start_pollers(self.wanted) {
+                    warn!("cannot start a poller thread: {e}");
+                }
+            }
+            last_served = served;
+        }
+    }
+
+    fn hand_back_quiet(&self) {
+        let shutdown = self.shutdown.load(Ordering::Acquire);
+        let mut quiet = Vec::new();
+        let mut slots = self.lock();
+        let Slots {
+            entries,
+            free,
+            used,
+        } = &mut *slots;
+        for (i, entry) in entries.iter_mut().enumerate() {
+            let due = entry
+                .slot
+                .as_ref()
+                .is_some_and(|s| s.stream.is_some() && (shutdown || s.last.elapsed() >= LINGER));
+            if due {
+                let slot = entry.slot.take().expect("checked above");
+                free.push(i as u32);
+                *used -= 1;
+                quiet.push(slot);
+            }
+        }
+        drop(slots);
+        for slot in quiet {
+            let stream = slot.stream.expect("checked above");
+            let _ = epoll::delete(&self.epoll, &stream);
+            let _ = slot.done.send(active::end_turn(stream));
+        }
+    }
+
+    fn start_pollers(self: &Arc<Self>, n: usize) -> io::Result<()> {
+        for _ in 0..n {
+            let busy = self.clone();
+            self.pollers.fetch_add(1, Ordering::AcqRel);
+            if let Err(e) = std::thread::Builder::new()
+                .name("pr-helper-poll".into())
+                .stack_size(STACK_SIZE)
+                .spawn(move || busy.poll())
+            {
+                self.pollers.fetch_sub(1, Ordering::AcqRel);
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    fn poll(&self) {
+        let mut events = Vec::with_capacity(1);
+        loop {
+            let extra = self.pollers.load(Ordering::Acquire) > self.wanted;
+            self.waiting.fetch_add(1, Ordering::AcqRel);
+            let r = epoll::wait(
+                &self.epoll,
+                spare_capacity(&mut events),
+                extra.then_some(&EXTRA_IDLE),
+            );
+            let others_waiting = self.waiting.fetch_sub(1, Ordering::AcqRel) - 1;
+            match r {
+                Ok(_) => {}
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => {
+                    warn!("epoll_wait failed: {e}");
+                    self.pollers.fetch_sub(1, Ordering::AcqRel);
+                    return;
+                }
+            }
+            let Some(event) = events.pop() else {
+                if self.retire() {
+                    return;
+                }
+                continue;
+            };
+            self.serve(event.data.u64());
+            self.served.fetch_add(1, Ordering::AcqRel);
+            // A poller started while others were stuck ends once enough are free again.
+            if others_waiting >= self.wanted && self.retire() {
+                return;
+            }
+        }
+    }
+
+    /// Ends this poller if there are more than wanted.
+    fn retire(&self) -> bool {
+        self.pollers
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n > self.wanted).then(|| n - 1)
+            })
+            .is_ok()
+    }
+
+    fn serve(&self, k: u64) {
+        let (index, generation) = ((k & 0xffff_ffff) as usize, (k >> 32) as u32);
+        let stream = {
+            let mut slots = self.lock();
+            match slots.entries.get_mut(index) {
+                Some(e) if e.generation == generation => {
+                    e.slot.as_mut().and_then(|s| s.stream.take())
+                }
+                _ => None,
+            }
+        };
+        // Handed back or closed since the event was queued.
+        let Some(stream) = stream else { return };
+        let result = active::serve_one(&stream, &self.dispatcher, self.io_timeout);
+        let result = match result {
+            Ok(Served::Reply) if self.shutdown.load(Ordering::Acquire) => Ok(Served::Closed),
+            r => r,
+        };
+        match result {
+            Ok(served @ (Served::Reply | Served::Nothing)) => {
+                if let Err(e) = self.rearm(index, generation, stream, served) {
+                    self.leave(k, Err(e.into()));
+                }
+            }
+            Ok(Served::Closed) => {
+                drop(stream);
+                self.leave(k, Ok(()));
+            }
+            Err(e) => {
+                drop(stream);
+                self.leave(k, Err(e));
+            }
+        }
+    }
+
+    /// Puts the connection back and arms its one-shot registration again (which reports a
+    /// request already waiting at once).
+    fn rearm(
+        &self,
+        index: usize,
+        generation: u32,
+        stream: UnixStream,
+        served: Served,
+    ) -> io::Result<()> {
+        let mut slots = self.lock();
+        let Some(slot) = slots.entries[index].slot.as_mut() else {
+            return Ok(());
+        };
+        epoll::modify(
+            &self.epoll,
+            &stream,
+            EventData::new_u64(key(index as u32, generation)),
+            EventFlags::IN | EventFlags::ONESHOT,
+        )?;
+        if matches!(served, Served::Reply) {
+            slot.last = Instant::now();
+        }
+        slot.stream = Some(stream);
+        Ok(())
+    }
+
+    /// Removes a connection from the set and tells its task how it ended.
+    fn leave(&self, k: u64, result: Result<(), ConnectionError>) {
+        let (index, generation) = ((k & 0xffff_ffff) as usize, (k >> 32) as u32);
+        let mut slots = self.lock();
+        let slot = match slots.entries.get_mut(index) {
+            Some(e) if e.generation == generation => e.slot.take(),
+            _ => None,
+        };
+        if let Some(slot) = slot {
+            slots.free.push(index as u32);
+            slots.used -= 1;
+            drop(slots);
+            // Dropping the stream (if still there) closes it, which also removes it from epoll.
+            drop(slot.stream);
+            let _ = slot.done.send(Turn::Closed(result));
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Slots> {
+        // No code that can panic runs under the lock, so a poisoned lock still holds
+        // consistent slots.
+        self.slots.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}

@@ -238,7 +238,9 @@ pub fn read_reservation_data(
     })?;
     d.extend_from_slice(&16u32.to_be_bytes());
     d.extend_from_slice(&key.to_be_bytes());
-    d.extend_from_slice(&[0, 0, 0, 0, t.code(), 0, 0, 0]);
+    // Obsolete (4 bytes), reserved, SCOPE (LU_SCOPE, 0) | TYPE, obsolete (2 bytes): SPC-4
+    // table 175 puts the type in byte 21 of the data, byte 5 of the descriptor.
+    d.extend_from_slice(&[0, 0, 0, 0, 0, t.code(), 0, 0]);
     Ok(d)
 }
 
@@ -458,7 +460,7 @@ mod tests {
         );
         assert_eq!(
             read_reservation_data(9, 0xab, 3).unwrap(),
-            [0, 0, 0, 9, 0, 0, 0, 16, 0, 0, 0, 0, 0, 0, 0, 0xab, 0, 0, 0, 0, 0x05, 0, 0, 0]
+            [0, 0, 0, 9, 0, 0, 0, 16, 0, 0, 0, 0, 0, 0, 0, 0xab, 0, 0, 0, 0, 0, 0x05, 0, 0]
         );
         assert!(read_reservation_data(9, 0xab, 9).is_err());
     }

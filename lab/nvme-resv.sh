@@ -280,6 +280,7 @@ else
   bad "parity: our daemon and nvme-cli differ (< ours, > nvme-cli):"; sed 's/^/  | /' $log/parity.diff | head -60
 fi
 [ "$(report $B)" = "rtype=0 " ] || nvme resv-release $A -n 1 -c 0xa1 -a 1 >/dev/null 2>&1
+phase "nvme-cli's sequence"
 
 # --- what IOC_PR_REGISTER does on NVMe where SCSI's REGISTER means something else. The kernel
 # (nvme_pr_register) sends Reservation Register with action Register when the old key is 0 and
@@ -298,7 +299,6 @@ expect "host A's key 0 registration and reservation removed by nvme-cli's Clear 
   "good rtype=0 " "$(cli $A clear 0) $(report $B)"
 phase "register semantics"
 
-phase "nvme-cli's sequence"
 # --- fence_scsi on NVMe: both nodes register (REGISTER AND IGNORE EXISTING KEY), node A
 # reserves WE-RO, fences node B with PREEMPT AND ABORT, node B's writes fail; unfencing B.
 wr() { timeout 20 dd if=/dev/zero of=$1 bs=4096 count=1 seek=${2:-8} oflag=direct conv=notrunc status=none 2>>$log/dd.err; }

@@ -142,12 +142,12 @@ ours() { # ours DEV OP ARGS...: through our daemon
 cli() { # cli DEV OP ARGS...: nvme-cli's Reservation commands straight on the device
   local d=$1 op=$2 out; shift 2
   case $op in
-    # The kernel registers with CPTPL=10b (nvme_pr_register); the same here. Key 0 removes
-    # the registration (Unregister), as REGISTER with a new key of 0 means in SPC.
+    # The kernel registers with CPTPL=11b (NVME_PR_CPTPL_PERSIST, nvme_pr_register); the same
+    # here. Key 0 removes the registration (Unregister), as REGISTER with a new key of 0 means in SPC.
     register)
-      if [ $1 = 0 ]; then out=$(nvme resv-register $d -n 1 -r 0 -k $2 -p 2 ${3:+-i} 2>&1)
+      if [ $1 = 0 ]; then out=$(nvme resv-register $d -n 1 -r 0 -k $2 -p 3 ${3:+-i} 2>&1)
       elif [ $2 = 0 ]; then out=$(nvme resv-register $d -n 1 -r 1 -c $1 ${3:+-i} 2>&1)
-      else out=$(nvme resv-register $d -n 1 -r 2 -c $1 -k $2 -p 2 ${3:+-i} 2>&1); fi;;
+      else out=$(nvme resv-register $d -n 1 -r 2 -c $1 -k $2 -p 3 ${3:+-i} 2>&1); fi;;
     reserve) out=$(nvme resv-acquire $d -n 1 -c $1 -t $2 -a 0 2>&1);;
     release) out=$(nvme resv-release $d -n 1 -c $1 -t $2 -a 0 2>&1);;
     preempt) out=$(nvme resv-acquire $d -n 1 -c $1 -p $2 -t $3 -a 1 2>&1);;

@@ -236,9 +236,15 @@ pub fn read_reservation_data(
             format!("the kernel reported an unknown reservation type {linux}"),
         )
     })?;
+    // An all-registrants reservation has no holder: SPC-4 (5.14.10) reports its key as 0.
+    // Linux's nvme_pr_read_reservation returns the first registrant's key with the holder bit
+    // set, which nvmet sets for every registrant of such a reservation.
+    let key = if matches!(t.code(), 7 | 8) { 0 } else { key };
     d.extend_from_slice(&16u32.to_be_bytes());
     d.extend_from_slice(&key.to_be_bytes());
-    d.extend_from_slice(&[0, 0, 0, 0, t.code(), 0, 0, 0]);
+    // Obsolete (4 bytes), reserved, SCOPE (LU_SCOPE, 0) | TYPE, obsolete (2 bytes): SPC-4
+    // table 175 puts the type in byte 21 of the data, byte 5 of the descriptor.
+    d.extend_from_slice(&[0, 0, 0, 0, 0, t.code(), 0, 0]);
     Ok(d)
 }
 
@@ -458,7 +464,12 @@ mod tests {
         );
         assert_eq!(
             read_reservation_data(9, 0xab, 3).unwrap(),
-            [0, 0, 0, 9, 0, 0, 0, 16, 0, 0, 0, 0, 0, 0, 0, 0xab, 0, 0, 0, 0, 0x05, 0, 0, 0]
+            [0, 0, 0, 9, 0, 0, 0, 16, 0, 0, 0, 0, 0, 0, 0, 0xab, 0, 0, 0, 0, 0, 0x05, 0, 0]
+        );
+        // EX_AC_AR (pr_type 6, SCSI 8): key 0 whatever the kernel said.
+        assert_eq!(
+            read_reservation_data(9, 0xab, 6).unwrap(),
+            [0, 0, 0, 9, 0, 0, 0, 16, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x08, 0, 0]
         );
         assert!(read_reservation_data(9, 0xab, 9).is_err());
     }

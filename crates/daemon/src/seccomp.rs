@@ -227,12 +227,13 @@ fn store_extra() -> Vec<i64> {
     ]
 }
 
-/// The store thread's filter: the server's list and SQLite's file calls.
-fn store_program(mode: SeccompMode) -> Result<BpfProgram, SeccompError> {
+/// A dedicated thread's filter: the server's list and the `extra` calls that thread needs
+/// (the multipath thread's files and ioctls, the store thread's SQLite file calls).
+fn thread_program(mode: SeccompMode, extra: Vec<i64>) -> Result<BpfProgram, SeccompError> {
     let err = |e: &dyn std::fmt::Display| SeccompError(e.to_string());
     let rules: BTreeMap<i64, Vec<SeccompRule>> = allowed()
         .into_iter()
-        .chain(store_extra())
+        .chain(extra)
         .map(|s| (s, vec![]))
         .collect();
     let arch = std::env::consts::ARCH.try_into().map_err(|e| err(&e))?;
@@ -241,31 +242,20 @@ fn store_program(mode: SeccompMode) -> Result<BpfProgram, SeccompError> {
     filter
         .try_into()
         .map_err(|e: seccompiler::BackendError| err(&e))
+}
+
+/// Installs a dedicated thread's filter ([`thread_program`]) on the calling thread.
+fn install_thread(mode: SeccompMode, extra: Vec<i64>) -> Result<(), SeccompError> {
+    if mode == SeccompMode::None {
+        return Ok(());
+    }
+    let prog = thread_program(mode, extra)?;
+    seccompiler::apply_filter(&prog).map_err(|e| SeccompError(e.to_string()))
 }
 
 /// Installs the store thread's filter on the calling thread (before it opens the store).
 pub fn install_store_thread(mode: SeccompMode) -> Result<(), SeccompError> {
-    if mode == SeccompMode::None {
-        return Ok(());
-    }
-    let prog = store_program(mode)?;
-    seccompiler::apply_filter(&prog).map_err(|e| SeccompError(e.to_string()))
-}
-
-/// The multipath thread's filter: the server's list, files, unrestricted ioctl.
-fn multipath_program(mode: SeccompMode) -> Result<BpfProgram, SeccompError> {
-    let err = |e: &dyn std::fmt::Display| SeccompError(e.to_string());
-    let rules: BTreeMap<i64, Vec<SeccompRule>> = allowed()
-        .into_iter()
-        .chain(multipath_extra())
-        .map(|s| (s, vec![]))
-        .collect();
-    let arch = std::env::consts::ARCH.try_into().map_err(|e| err(&e))?;
-    let filter = SeccompFilter::new(rules, mismatch_action(mode), SeccompAction::Allow, arch)
-        .map_err(|e| err(&e))?;
-    filter
-        .try_into()
-        .map_err(|e: seccompiler::BackendError| err(&e))
+    install_thread(mode, store_extra())
 }
 
 fn mismatch_action(mode: SeccompMode) -> SeccompAction {
@@ -337,11 +327,7 @@ pub fn install(mode: SeccompMode) -> Result<(), SeccompError> {
 
 /// Installs the multipath thread's filter on the calling thread.
 pub fn install_multipath_thread(mode: SeccompMode) -> Result<(), SeccompError> {
-    if mode == SeccompMode::None {
-        return Ok(());
-    }
-    let prog = multipath_program(mode)?;
-    seccompiler::apply_filter(&prog).map_err(|e| SeccompError(e.to_string()))
+    install_thread(mode, multipath_extra())
 }
 
 #[cfg(test)]
@@ -353,7 +339,11 @@ mod tests {
         assert!(!program(SeccompMode::Kill).unwrap().is_empty());
         assert!(!program(SeccompMode::Log).unwrap().is_empty());
         assert!(!deny_opens().unwrap().is_empty());
-        assert!(!multipath_program(SeccompMode::Kill).unwrap().is_empty());
-        assert!(!store_program(SeccompMode::Kill).unwrap().is_empty());
+        assert!(!thread_program(SeccompMode::Kill, multipath_extra())
+            .unwrap()
+            .is_empty());
+        assert!(!thread_program(SeccompMode::Kill, store_extra())
+            .unwrap()
+            .is_empty());
     }
 }

@@ -284,19 +284,23 @@ phase "nvme-cli's sequence"
 
 # --- what IOC_PR_REGISTER does on NVMe where SCSI's REGISTER means something else. The kernel
 # (nvme_pr_register) sends Reservation Register with action Register when the old key is 0 and
-# Replace otherwise, never Unregister: a new key of 0 replaces the key by 0, and the host stays
-# registered (holding its reservation). With PR_FL_IGNORE_KEY and old key 0 it is Register
-# with IEKEY, which conflicts when the host is registered with another key (SCSI's REGISTER
-# AND IGNORE EXISTING KEY replaces it). Both checked as the kernel's behaviour, not ours.
+# Replace otherwise, never Unregister: a new key of 0 would replace the key by 0, and the host
+# would stay registered (holding its reservation). So the daemon refuses unregistering on an
+# NVMe namespace (ILLEGAL REQUEST, INVALID FIELD IN PARAMETER LIST at the service action
+# reservation key, docs/backends.md), and the namespace keeps the key. With PR_FL_IGNORE_KEY
+# and old key 0 the kernel sends Register with IEKEY, which conflicts when the host is
+# registered with another key (SCSI's REGISTER AND IGNORE EXISTING KEY replaces it): checked as
+# the kernel's behaviour, not ours.
 expect "register 0xa1, reserve WE" "good good" "$(ours $A register 0 0xa1) $(ours $A reserve 0xa1 1)"
-expect "REGISTER with new key 0 through IOC_PR_REGISTER leaves host A registered with key 0 and its reservation" \
-  "good rtype=1 a=0*" "$(ours $A register 0xa1 0) $(report $B)"
+expect "unregistering (new key 0) is refused on NVMe, and host A keeps its key and reservation" \
+  "check 5/38/0 rtype=1 a=161*" "$(ours $A register 0xa1 0) $(report $B)"
 expect "REGISTER AND IGNORE EXISTING KEY of a registered host: RESERVATION CONFLICT on NVMe" \
-  "conflict rtype=1 a=0*" "$(ours $A register 0 0xa5 ignore) $(report $B)"
-# Through the daemon CLEAR with key 0 is answered ILLEGAL REQUEST; nvme-cli's Clear with
-# CRKEY 0 removes it.
-expect "host A's key 0 registration and reservation removed by nvme-cli's Clear (CRKEY 0)" \
-  "good rtype=0 " "$(cli $A clear 0) $(report $B)"
+  "conflict rtype=1 a=161*" "$(ours $A register 0 0xa5 ignore) $(report $B)"
+expect "REGISTER AND MOVE is refused on NVMe: ILLEGAL REQUEST, INVALID FIELD IN CDB" "5/36/0 rtype=1 a=161*" \
+  "$($C --json register-move $A -k 0xa1 -n 0xb2 -t we --transport-id iqn.2026-12.org.pr-helper:nobody \
+      --relative-target-port 1 2>/dev/null | jq -r '"\(.sense.key)/\(.sense.asc)/\(.sense.ascq)"') $(report $B)"
+expect "host A's registration and reservation removed by CLEAR through the daemon" \
+  "good rtype=0 " "$(ours $A clear 0xa1) $(report $B)"
 phase "register semantics"
 
 # --- fence_scsi on NVMe: both nodes register (REGISTER AND IGNORE EXISTING KEY), node A

@@ -152,7 +152,9 @@ fn spawn(
     if kind == HelperKind::Ours {
         cmd.args(["-u", "nobody", "-g", "nogroup"]);
         if let Some(c) = config {
-            cmd.arg("--config").arg(c).arg("-v");
+            // -vv: the block-layer backend logs each command it sends as an ioctl, and each
+            // fallback to SG_IO, at debug level (`read-ioctls` reads them).
+            cmd.arg("--config").arg(c).arg("-vv");
         }
     }
     cmd.stdin(Stdio::null())

@@ -276,6 +276,28 @@ fn on_every_path(
     Ok(answers)
 }
 
+/// LIO's departure when the allocation length ends inside the data: it writes only what fits
+/// whole and leaves the rest as zeros, where SPC-4 4.2.5.6 transfers the data truncated at the
+/// allocation length. READ KEYS: whole keys only (core_scsi3_pri_read_keys); READ RESERVATION
+/// with a reservation held: the descriptor only from an allocation length of 22
+/// (core_scsi3_pri_read_reservation), so below that just the header. So `ours` (the ioctl's
+/// answer, truncated as SPC-4 says) and `lio` agree up to there, LIO's bytes after it are
+/// zeros, and everything else is equal.
+fn lio_zeroes_partial_data(sa: u8, alloc: u16, ours: &Answer, lio: &Answer) -> bool {
+    let alloc = usize::from(alloc);
+    let whole = match sa {
+        0 if alloc >= 8 => 8 + (alloc - 8) / 8 * 8,
+        1 if (9..22).contains(&alloc) => 8,
+        _ => return false,
+    };
+    ours.status == lio.status
+        && ours.sense == lio.sense
+        && ours.data.len() == lio.data.len()
+        && ours.data.len() > whole
+        && ours.data[..whole] == lio.data[..whole]
+        && lio.data[whole..].iter().all(|b| *b == 0)
+}
+
 /// Our helper has not died (a device that corrupted its memory would have killed it).
 fn ours_alive(helpers: &mut [Helper]) -> Result<(), String> {
     for h in helpers.iter_mut().filter(|h| h.kind == HelperKind::Ours) {
@@ -398,6 +420,79 @@ fn run_inner(
                 ours_alive(&mut helpers).map_err(at)?;
                 log.push(format!(
                     "{:<60} {n} commands, identical on every path ({} ms)",
+                    step.text,
+                    t0.elapsed().as_millis()
+                ));
+            }
+            Action::ReadIoctls { initiator, lengths } => {
+                if sc.backend != Backend::Blkpr {
+                    return Err(at("read-ioctls needs `backend blkpr`".into()));
+                }
+                let before = helpers[0].log_text().len();
+                // Our helper and sg_raw on the same device: the ioctls' answers against the
+                // device's own.
+                let mut ours_path = [(
+                    Way::Helper {
+                        socket: helpers[0].socket.clone(),
+                        client: None,
+                    },
+                    0,
+                )];
+                let mut direct_path = [(Way::Direct, 0)];
+                let (mut n, mut partial) = (0, 0);
+                for sa in [0u8, 1] {
+                    for alloc in lengths.clone() {
+                        let mut cdb = [0u8; 16];
+                        cdb[0] = pr_scsi::PERSISTENT_RESERVE_IN;
+                        cdb[1] = sa;
+                        cdb[7..9].copy_from_slice(&alloc.to_be_bytes());
+                        let op = Operation::Raw {
+                            cdb,
+                            data: Vec::new(),
+                        };
+                        let what = format!("service action {sa}, allocation length {alloc}");
+                        let ours = on_every_path(&mut ours_path, &lio, *initiator, &op)
+                            .map_err(|e| at(format!("{what}: {e}")))?
+                            .remove(0);
+                        let direct = on_every_path(&mut direct_path, &lio, *initiator, &op)
+                            .map_err(|e| at(format!("{what}: {e}")))?
+                            .remove(0);
+                        if ours.status != 0 {
+                            return Err(at(format!("{what}: {}", ours.describe())));
+                        }
+                        if ours != direct {
+                            if !lio_zeroes_partial_data(sa, alloc, &ours, &direct) {
+                                return Err(at(format!(
+                                    "{what}: our helper gave {}, sg_raw gave {}",
+                                    ours.describe(),
+                                    direct.describe()
+                                )));
+                            }
+                            partial += 1;
+                        }
+                        n += 1;
+                    }
+                }
+                ours_alive(&mut helpers).map_err(at)?;
+                // The helper logs (at -v) each time it answers a read through SG_IO instead.
+                let text = helpers[0].log_text();
+                let new = text.get(before..).unwrap_or_default();
+                let used = new.matches("IOC_PR_READ").count();
+                if let Some(line) = new.lines().find(|l| l.contains("using it")) {
+                    return Err(at(format!(
+                        "the helper fell back to SG_IO, so the read ioctls were not used: {line}"
+                    )));
+                }
+                if !new.contains("ReadKeys") || !new.contains("ReadReservation") {
+                    return Err(at(format!(
+                        "the helper's log does not show the reads as block-layer commands \
+                         ({used} ioctl lines):\n{new}"
+                    )));
+                }
+                log.push(format!(
+                    "{:<60} {n} reads through IOC_PR_READ_KEYS/RESERVATION, identical to \
+                     sg_raw's on the same device ({partial} of them but for the partial data \
+                     LIO leaves as zeros) ({} ms)",
                     step.text,
                     t0.elapsed().as_millis()
                 ));

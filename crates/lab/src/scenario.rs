@@ -17,6 +17,8 @@
 //! I2 sg-persist status                   # pr-ctl's decoding equals sg_persist's
 //! I1 write                               => conflict
 //! I1 sweep-alloc 1-256                   # every PR IN service action at each allocation length
+//! I1 read-ioctls 1-64                    # backend blkpr, Linux >= 6.19: READ KEYS/RESERVATION
+//!                                        # through IOC_PR_READ_* equal sg_raw's on the same LU
 //! random 7 2000                          # 2000 seeded random PR commands from every initiator
 //! restart-helper
 //! sleep 1
@@ -109,6 +111,14 @@ pub enum Action {
     /// Every PR IN service action (0-3) with each allocation length in `lengths`, on every
     /// path; our helper must still be running afterwards.
     SweepAlloc {
+        initiator: usize,
+        lengths: std::ops::RangeInclusive<u16>,
+    },
+    /// READ KEYS and READ RESERVATION at each allocation length in `lengths`, through our
+    /// helper (backend blkpr: the IOC_PR_READ_KEYS / IOC_PR_READ_RESERVATION ioctls of Linux
+    /// 6.19) and straight on the same device with sg_raw: byte-identical, and the helper must
+    /// not have fallen back to SG_IO for them.
+    ReadIoctls {
         initiator: usize,
         lengths: std::ops::RangeInclusive<u16>,
     },
@@ -363,9 +373,11 @@ fn parse_into(
                             })?
                             .to_string(),
                     },
-                    "sweep-alloc" => {
+                    "sweep-alloc" | "read-ioctls" => {
                         let bad = || {
-                            at("expected sweep-alloc FROM-TO (allocation lengths, 0-8192)".into())
+                            at(format!(
+                                "expected {sub} FROM-TO (allocation lengths, 0-8192)"
+                            ))
                         };
                         let (from, to) = words
                             .get(2)
@@ -373,7 +385,13 @@ fn parse_into(
                             .ok_or_else(bad)?;
                         let n = |v: &str| v.parse::<u16>().ok().filter(|n| *n <= 8192);
                         match (n(from), n(to), words.len()) {
-                            (Some(from), Some(to), 3) if from <= to => Action::SweepAlloc {
+                            (Some(from), Some(to), 3) if from <= to && sub == "sweep-alloc" => {
+                                Action::SweepAlloc {
+                                    initiator,
+                                    lengths: from..=to,
+                                }
+                            }
+                            (Some(from), Some(to), 3) if from <= to => Action::ReadIoctls {
                                 initiator,
                                 lengths: from..=to,
                             },

@@ -83,6 +83,46 @@ impl BlkPrBackend {
     }
 }
 
+/// How often READ RESERVATION without a reservation reads the generation again when it
+/// changed under it.
+const GENERATION_TRIES: usize = 4;
+
+/// IOC_PR_READ_RESERVATION, with the PR generation also when no reservation is held: the sd
+/// driver fills in the generation only with a reservation (sd_pr_read_reservation returns
+/// early when the ADDITIONAL LENGTH is 0), so there it comes from IOC_PR_READ_KEYS, read before
+/// and after. Equal generations around the READ RESERVATION mean no registration changed in
+/// between, so "no reservation, generation g" was the state when the reservation was read
+/// (RESERVE and RELEASE do not change the generation; the reservation read itself says there
+/// was none). If the generation keeps changing, the last one read is reported.
+fn read_reservation_with_generation(
+    fd: std::os::fd::BorrowedFd<'_>,
+) -> io::Result<blkpr::HeldReservation> {
+    let mut r = blkpr::read_reservation(fd)?;
+    if r.result != 0 || r.rtype != 0 || r.generation != 0 {
+        return Ok(r);
+    }
+    let mut before = blkpr::read_keys(fd, 0)?;
+    for _ in 0..GENERATION_TRIES {
+        if before.result != 0 {
+            return Ok(r);
+        }
+        r = blkpr::read_reservation(fd)?;
+        if r.result != 0 || r.rtype != 0 {
+            return Ok(r);
+        }
+        let after = blkpr::read_keys(fd, 0)?;
+        if after.result != 0 {
+            return Ok(r);
+        }
+        r.generation = after.generation;
+        if after.generation == before.generation {
+            return Ok(r);
+        }
+        before = after;
+    }
+    Ok(r)
+}
+
 /// Errnos with which a kernel or driver says it has no such PR ioctl.
 fn no_such_ioctl(e: &io::Error) -> bool {
     matches!(
@@ -106,6 +146,13 @@ impl Backend for BlkPrBackend {
         };
         debug!("blkpr: {command:?} on {}", device.kind.describe());
         let fd = device.fd;
+        if let BlockCommand::Register { new_key: 0, .. } = command {
+            if blkpr::is_nvme_namespace(fd) {
+                let r = translate::nvme_unregister_refusal();
+                info!("blkpr: refused on {}: {}", device.kind.describe(), r.reason);
+                return Ok(r.reply);
+            }
+        }
         match command {
             BlockCommand::Register {
                 old_key,
@@ -147,7 +194,7 @@ impl Backend for BlkPrBackend {
                 }
                 Err(e) => self.finish(device, "IOC_PR_READ_KEYS", Err(e)),
             },
-            BlockCommand::ReadReservation => match blkpr::read_reservation(fd) {
+            BlockCommand::ReadReservation => match read_reservation_with_generation(fd) {
                 Ok(r) if r.result == 0 => {
                     match translate::read_reservation_data(r.generation, r.key, r.rtype) {
                         Ok(d) => Ok(Reply::good(d)),

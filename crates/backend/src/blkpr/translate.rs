@@ -64,6 +64,24 @@ pub enum BlockCommand {
 use crate::sgio::mapping::reply_of;
 use crate::{pr_out_without_move, refuse_cdb, refused, Refusal};
 
+/// Unregistering (REGISTER or REGISTER AND IGNORE EXISTING KEY with a SERVICE ACTION
+/// RESERVATION KEY of zero) on an NVMe namespace. The kernel's nvme pr_ops turn IOC_PR_REGISTER
+/// into Reservation Register with action Replace and a new key of zero, never Unregister: the
+/// host would stay registered (with key 0, and its reservation), while the client is told it is
+/// gone. Refused instead: ILLEGAL REQUEST, INVALID FIELD IN PARAMETER LIST at the SERVICE
+/// ACTION RESERVATION KEY field (parameter list bytes 8-15, SPC-4 table 191).
+pub fn nvme_unregister_refusal() -> Box<Refusal> {
+    Box::new(Refusal {
+        reply: Reply::check_condition(
+            SenseCode::INVALID_FIELD_IN_PARAMETER_LIST.to_fixed_with_field_pointer(false, 8, None),
+        ),
+        reason: "unregistering (service action reservation key 0) on an NVMe namespace: the \
+                 kernel sends Reservation Register Replace with key 0, which leaves the host \
+                 registered"
+            .into(),
+    })
+}
+
 fn refuse_param(bit: u8, reason: impl Into<String>) -> Box<Refusal> {
     Box::new(Refusal {
         reply: Reply::check_condition(
@@ -405,6 +423,16 @@ mod tests {
         assert_eq!(
             sense_of(out(0x06, 0, params(0, 0xb, 0x05))),
             [0x70, 0, 0x05, 0, 0, 0, 0, 0x0a, 0, 0, 0, 0, 0x26, 0x00, 0, 0x8a, 0x00, 0x14]
+        );
+    }
+
+    #[test]
+    fn unregistering_on_nvme_points_at_the_service_action_reservation_key() {
+        // ILLEGAL REQUEST, INVALID FIELD IN PARAMETER LIST (26h/00h); SKSV set, C/D and BPV
+        // clear (80h), field pointer 0008h: the SERVICE ACTION RESERVATION KEY (SPC-4 table 191).
+        assert_eq!(
+            sense_of(Err(nvme_unregister_refusal())),
+            [0x70, 0, 0x05, 0, 0, 0, 0, 0x0a, 0, 0, 0, 0, 0x26, 0x00, 0, 0x80, 0x00, 0x08]
         );
     }
 

@@ -13,8 +13,8 @@ use pr_scsi::{PrOutCdb, Status};
 use rustix::fs::OFlags;
 use tracing::{debug, info, warn};
 
-/// How long a busy connection stays with the pollers without a request before it goes back to
-/// its task. Also how long a shutdown may wait for a connection between requests.
+/// How long a busy connection stays busy (its own thread, or the pollers) without a request
+/// before it goes back to its task. Also how long a shutdown may wait for a connection between requests.
 pub(crate) const LINGER: Duration = Duration::from_millis(200);
 
 /// Why a connection was closed before its client closed it.
@@ -34,13 +34,13 @@ pub(crate) enum ConnectionError {
     Truncated,
     #[error("client stalled for {0:?} in the middle of a message")]
     Stalled(Duration),
-    #[error("the connection's poller ended without an answer")]
-    PollerLost,
+    #[error("the thread serving the connection ended without an answer")]
+    ThreadLost,
     #[error("{0}")]
     Io(#[from] io::Error),
 }
 
-/// How a turn with the pollers ended.
+/// How a busy turn (on a thread of its own or with the pollers) ended.
 pub(crate) enum Turn {
     /// No request for `LINGER`: the socket, non-blocking again, for its task to hold.
     Quiet(UnixStream),
@@ -52,7 +52,7 @@ pub(crate) enum Turn {
 pub(crate) enum Served {
     /// A request was answered.
     Reply,
-    /// Nothing to read after all.
+    /// No request (within `LINGER` when waiting).
     Nothing,
     /// The client closed the connection between requests.
     Closed,
@@ -90,15 +90,17 @@ pub(crate) fn end_turn(stream: UnixStream) -> Turn {
     }
 }
 
-/// Reads one request (without waiting when none is there), runs it and writes the reply.
+/// Reads one request, runs it and writes the reply. With `wait`, waits at most `LINGER` for the
+/// request; without, returns `Nothing` at once when none is there.
 pub(crate) fn serve_one(
     stream: &UnixStream,
     dispatcher: &Dispatcher,
     io_timeout: Duration,
+    wait: bool,
 ) -> Result<Served, ConnectionError> {
     let mut fd = None;
     let mut cdb = [0u8; CDB_SIZE];
-    match read_exact_with_fd(stream, io_timeout, &mut cdb, &mut fd, true, true)? {
+    match read_exact_with_fd(stream, io_timeout, &mut cdb, &mut fd, true, true, wait)? {
         Read::Eof => return Ok(Served::Closed),
         Read::Nothing => return Ok(Served::Nothing),
         Read::Full => {}
@@ -111,7 +113,15 @@ pub(crate) fn serve_one(
     if !parameters.is_empty() {
         let mut none = None;
         if !matches!(
-            read_exact_with_fd(stream, io_timeout, &mut parameters, &mut none, false, false)?,
+            read_exact_with_fd(
+                stream,
+                io_timeout,
+                &mut parameters,
+                &mut none,
+                false,
+                false,
+                true
+            )?,
             Read::Full
         ) {
             return Err(ConnectionError::Truncated);
@@ -128,8 +138,8 @@ pub(crate) fn serve_one(
 }
 
 /// Fills `buf` from the socket, collecting at most one descriptor into `fd` when
-/// `fd_allowed`. Between requests (`between`) the first read does not wait: `Nothing` when
-/// there is nothing, `Eof` when the peer closed. Once the first byte is in, the rest must
+/// `fd_allowed`. Between requests (`between`) the first read waits at most `LINGER` with
+/// `wait`, not at all without: `Nothing` when nothing came, `Eof` when the peer closed. Once the first byte is in, the rest must
 /// arrive within the I/O timeout (measured from the first wait that found nothing, so at most
 /// `LINGER` longer).
 fn read_exact_with_fd(
@@ -139,25 +149,31 @@ fn read_exact_with_fd(
     fd: &mut Option<OwnedFd>,
     fd_allowed: bool,
     between: bool,
+    wait: bool,
 ) -> Result<Read, ConnectionError> {
     let mut filled = 0;
     let mut stalled_since: Option<Instant> = None;
     while filled < buf.len() {
         let first = filled == 0 && between;
-        let received = match pr_sys::scm::recv_with_fds(stream.as_fd(), &mut buf[filled..], first) {
-            Ok(r) => r,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                if first {
-                    return Ok(Read::Nothing);
+        // Waiting between requests (a connection with a thread of its own): the socket's
+        // receive timeout (`LINGER`) bounds the wait, so the thread sleeps in recvmsg until the
+        // next request arrives, or the turn ends. A poller does not wait there.
+        let dont_wait = first && !wait;
+        let received =
+            match pr_sys::scm::recv_with_fds(stream.as_fd(), &mut buf[filled..], dont_wait) {
+                Ok(r) => r,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if first {
+                        return Ok(Read::Nothing);
+                    }
+                    let since = *stalled_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= io_timeout.saturating_sub(LINGER) {
+                        return Err(ConnectionError::Stalled(io_timeout));
+                    }
+                    continue;
                 }
-                let since = *stalled_since.get_or_insert_with(Instant::now);
-                if since.elapsed() >= io_timeout.saturating_sub(LINGER) {
-                    return Err(ConnectionError::Stalled(io_timeout));
-                }
-                continue;
-            }
-            Err(e) => return Err(e.into()),
-        };
+                Err(e) => return Err(e.into()),
+            };
         let mut fds = received.fds;
         if received.control_truncated || fds.len() > 1 || (!fds.is_empty() && fd.is_some()) {
             return Err(ConnectionError::TooManyDescriptors);

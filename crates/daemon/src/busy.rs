@@ -1,13 +1,19 @@
-//! Busy connections, served by the thread that sees the request arrive.
+//! Busy connections: the first few with a thread of their own, the rest served by pollers.
 //!
-//! A connection with a request to serve joins one epoll set (one-shot registrations) watched by
-//! a few poller threads, one per CPU. The poller that is woken for a connection reads its
-//! request, runs it and writes the reply itself, then re-arms the registration: no hand-off
-//! between threads per request, and under load a poller goes from one connection to the next
-//! without sleeping. A poller stuck in a command (a hung device) holds only that connection; a
-//! monitor task sees when no poller has been free and none has finished a request for a tick,
-//! and starts as many again, so the other connections go on being served. Connections quiet for `LINGER` go
-//! back to their tasks (server.rs), where an idle connection costs a few hundred bytes.
+//! A connection with a request to serve leaves its task (server.rs) for a turn. While fewer
+//! connections than CPUs have one, it gets a thread of its own (`dedicated`): the thread reads,
+//! runs and answers the request with blocking calls, then sleeps in recvmsg on that socket, so
+//! the kernel wakes exactly that thread, on the CPU of the client that wrote (a synchronous
+//! wake-up): the lowest latency for the few connections of a lightly loaded host. Beyond that
+//! a connection joins one epoll set (one-shot registrations) watched by a few poller threads,
+//! one per CPU. The poller that is woken for a connection reads its request, runs it and writes
+//! the reply itself, then re-arms the registration: no hand-off between threads per request,
+//! and under load a poller goes from one connection to the next without sleeping. A poller
+//! stuck in a command (a hung device) holds only that connection; a monitor task sees when no
+//! poller has been free and none has finished a request for a tick, and starts as many again,
+//! so the other connections go on being served; a stuck dedicated thread holds only its own.
+//! Connections quiet for `LINGER` go back to their tasks, where an idle connection costs a few
+//! hundred bytes.
 
 use std::io;
 use std::os::fd::OwnedFd;
@@ -48,6 +54,8 @@ pub(crate) struct Busy {
     waiting: AtomicUsize,
     /// Requests served, for the monitor to see progress.
     served: AtomicU64,
+    /// Connections in a turn on a thread of their own.
+    dedicated: AtomicUsize,
     joined: Notify,
 }
 
@@ -89,6 +97,7 @@ impl Busy {
             pollers: AtomicUsize::new(0),
             waiting: AtomicUsize::new(0),
             served: AtomicU64::new(0),
+            dedicated: AtomicUsize::new(0),
             joined: Notify::new(),
         }))
     }
@@ -100,6 +109,10 @@ impl Busy {
         first: bool,
     ) -> Result<oneshot::Receiver<Turn>, ConnectionError> {
         active::begin_turn(&stream, first, self.io_timeout)?;
+        if self.dedicated.fetch_add(1, Ordering::AcqRel) < self.wanted {
+            return self.dedicate(stream);
+        }
+        self.dedicated.fetch_sub(1, Ordering::AcqRel);
         if self.pollers.load(Ordering::Acquire) == 0 {
             self.start_pollers(self.wanted)?;
         }
@@ -135,6 +148,42 @@ impl Busy {
         drop(slots);
         self.joined.notify_one();
         Ok(turn)
+    }
+
+    /// A turn on a thread of its own: serves requests until the connection is quiet for
+    /// `LINGER`, closes, fails, or a shutdown began (a request under way is answered first).
+    fn dedicate(
+        self: &Arc<Self>,
+        stream: UnixStream,
+    ) -> Result<oneshot::Receiver<Turn>, ConnectionError> {
+        let (done, turn) = oneshot::channel();
+        let busy = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("pr-helper-conn".into())
+            .stack_size(STACK_SIZE)
+            .spawn(move || {
+                let end = loop {
+                    let shutdown = || busy.shutdown.load(Ordering::Acquire);
+                    match active::serve_one(&stream, &busy.dispatcher, busy.io_timeout, true) {
+                        Ok(Served::Reply) if !shutdown() => continue,
+                        Ok(Served::Reply | Served::Closed) => break Turn::Closed(Ok(())),
+                        Ok(Served::Nothing) if shutdown() => break Turn::Closed(Ok(())),
+                        Ok(Served::Nothing) => break active::end_turn(stream),
+                        Err(e) => break Turn::Closed(Err(e)),
+                    }
+                };
+                busy.dedicated.fetch_sub(1, Ordering::AcqRel);
+                // The task is gone only when the runtime is shutting down; the socket closes.
+                let _ = done.send(end);
+            });
+        match spawned {
+            Ok(_) => Ok(turn),
+            Err(e) => {
+                self.dedicated.fetch_sub(1, Ordering::AcqRel);
+                warn!("cannot start a thread for a connection: {e}");
+                Err(e.into())
+            }
+        }
     }
 
     /// From now on every connection ends once its request in flight is answered.
@@ -269,7 +318,7 @@ impl Busy {
         };
         // Handed back or closed since the event was queued.
         let Some(stream) = stream else { return };
-        let result = active::serve_one(&stream, &self.dispatcher, self.io_timeout);
+        let result = active::serve_one(&stream, &self.dispatcher, self.io_timeout, false);
         let result = match result {
             Ok(Served::Reply) if self.shutdown.load(Ordering::Acquire) => Ok(Served::Closed),
             r => r,

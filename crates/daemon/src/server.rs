@@ -1,9 +1,9 @@
 //! The accept loop and idle connections.
 //!
 //! Each connection is a task on the runtime: the handshake, then waiting, for as long as the
-//! VM runs, for a request. When one arrives, the socket joins the busy set (busy.rs), whose
-//! poller threads serve requests where they arrive until the connection is quiet for a moment,
-//! then hand the socket back. So an idle connection costs a task, and a request never passes
+//! VM runs, for a request. When one arrives, the socket goes to busy.rs: a thread of its own
+//! while few connections are busy, else the pollers' epoll set; either serves requests where
+//! they arrive until the connection is quiet for a moment, then hands the socket back. So an idle connection costs a task, and a request never passes
 //! between threads. On SIGTERM/SIGINT/SIGHUP the listener closes, idle connections end, and
 //! requests already under way finish and are answered.
 
@@ -112,7 +112,7 @@ impl Connection {
             match turn.await {
                 Ok(Turn::Quiet(s)) => stream = UnixStream::from_std(s)?,
                 Ok(Turn::Closed(r)) => return r,
-                Err(_) => return Err(ConnectionError::PollerLost),
+                Err(_) => return Err(ConnectionError::ThreadLost),
             }
         }
     }

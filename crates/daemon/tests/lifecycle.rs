@@ -61,7 +61,7 @@ fn drops_to_nobody_with_only_cap_sys_rawio_and_still_serves() {
     let dev = lo.open(false);
     let a = h.connect().request(&pr_in(0, 64), dev.as_fd(), &[]);
     assert_eq!((a.status(), a.sense_code()), (2, (0x05, 0x24, 0x00)));
-    // Every thread — the runtime's workers and the pollers that served the request — runs
+    // Every thread — the runtime's workers and the connection threads that served requests — runs
     // under the filter and with the same capabilities (the filter is installed before
     // the runtime starts its threads, which inherit it, and theirs).
     let tasks: Vec<_> = std::fs::read_dir(format!("/proc/{}/task", h.pid()))

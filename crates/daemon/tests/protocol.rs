@@ -390,45 +390,86 @@ fn no_descriptor_leaks_over_100000_requests() {
 }
 
 #[test]
-fn concurrent_sg_io_starts_poller_threads_under_seccomp() {
-    // Many clients at once on a block device make the daemon start its poller threads after
-    // the seccomp filter is in place; each new thread must stay within the allow-list (glibc
-    // used to open /sys/devices/system/cpu/online to size a new malloc arena, and the daemon
-    // was killed) and carry the filter.
+fn concurrent_sg_io_starts_connection_threads_under_seccomp() {
+    // Many clients at once on a block device make the daemon start threads for busy
+    // connections and poller threads after the seccomp filter is in place; each new thread must stay within the
+    // allow-list (glibc used to open /sys/devices/system/cpu/online to size a new malloc arena,
+    // and the daemon was killed) and carry the filter. Once the clients close, the connection threads end.
     let h = Helper::ours(&[]);
     let lo = LoopDevice::new();
     let path = lo.path.clone();
     let socket = h.socket.clone();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let threads: Vec<_> = (0..32)
         .map(|_| {
-            let (socket, path) = (socket.clone(), path.clone());
+            let (socket, path, stop) = (socket.clone(), path.clone(), stop.clone());
             std::thread::spawn(move || {
                 let dev = File::open(&path).unwrap();
                 let mut c = Conn::connect(&socket);
-                for _ in 0..200 {
+                let mut n = 0;
+                while n < 200 || !stop.load(std::sync::atomic::Ordering::Acquire) {
                     assert_eq!(
                         c.request(&pr_in(0, 64), dev.as_fd(), &[]).sense_code(),
                         (0x05, 0x24, 0x00)
                     );
+                    n += 1;
+                    assert!(n < 1_000_000, "the test never stopped the clients");
                 }
             })
         })
         .collect();
+    // The daemon's threads: (name, status) of each.
+    let tasks = || {
+        let mut all = Vec::new();
+        for t in std::fs::read_dir(format!("/proc/{}/task", h.pid())).unwrap() {
+            let t = t.unwrap().path();
+            if let (Ok(st), Ok(comm)) = (
+                std::fs::read_to_string(t.join("status")),
+                std::fs::read_to_string(t.join("comm")),
+            ) {
+                all.push((comm.trim().to_string(), st));
+            } // else: ended since the listing
+        }
+        all
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    // The first busy connections get threads of their own, the others the pollers.
+    let busy = loop {
+        let all = tasks();
+        let count = |name: &str| all.iter().filter(|(c, _)| c == name).count();
+        for (comm, st) in &all {
+            assert!(st.contains("Seccomp:\t2"), "{comm}: {st}");
+        }
+        let busy = count("pr-helper-conn");
+        if busy >= 1 && count("pr-helper-poll") >= 1 {
+            break busy;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no connection thread and poller thread together within 20 s under 32 clients: \
+             {all:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    stop.store(true, std::sync::atomic::Ordering::Release);
     for t in threads {
         t.join().unwrap();
     }
-    // The pollers, once started, stay.
-    let mut pollers = 0;
-    for t in std::fs::read_dir(format!("/proc/{}/task", h.pid())).unwrap() {
-        let t = t.unwrap().path();
-        let (Ok(st), Ok(comm)) = (
-            std::fs::read_to_string(t.join("status")),
-            std::fs::read_to_string(t.join("comm")),
-        ) else {
-            continue; // ended since the listing
-        };
-        assert!(st.contains("Seccomp:\t2"), "{}: {st}", t.display());
-        pollers += usize::from(comm.trim() == "pr-helper-poll");
+    let dev = File::open(&path).unwrap();
+    assert_eq!(
+        h.connect()
+            .request(&pr_in(0, 64), dev.as_fd(), &[])
+            .sense_code(),
+        (0x05, 0x24, 0x00),
+        "a new client after {busy} connection threads"
+    );
+    // Closed connections end their turns: no thread is left behind.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tasks().iter().any(|(c, _)| c == "pr-helper-conn") {
+        assert!(
+            Instant::now() < deadline,
+            "connection threads still running 10 s after every client closed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
     }
-    assert!(pollers > 0, "no poller thread found");
 }

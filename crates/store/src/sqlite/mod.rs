@@ -7,7 +7,13 @@
 //! processes never interleave between the read and the write. Group commit: the commands of
 //! one process go to one writer thread, which applies everything queued (up to
 //! [`SqliteOptions::max_batch`]) in one transaction and one fsync, then answers each.
+//!
+//! PR IN fast path: a PERSISTENT RESERVE IN is first run on the reader connection against the
+//! committed state ([`reader`]), without the writer thread. Only when the engine says it
+//! changes the state (it reports a pending unit attention, which clears it) is it handed to
+//! the writer, which runs it again under the write lock.
 
+mod reader;
 mod schema;
 mod writer;
 
@@ -56,6 +62,8 @@ pub struct Statistics {
     pub applied: u64,
     /// Write transactions committed (each one fsync of the WAL).
     pub transactions: u64,
+    /// PR IN commands answered from the committed state without the writer (the fast path).
+    pub read_only: u64,
 }
 
 /// The shared counters behind [`Statistics`].
@@ -64,6 +72,7 @@ pub(crate) struct Counters {
     pub queued: AtomicU64,
     pub applied: AtomicU64,
     pub transactions: AtomicU64,
+    pub read_only: AtomicU64,
 }
 
 /// The SQLite store (see the module documentation). Dropping it lets the writer thread finish
@@ -72,8 +81,8 @@ pub(crate) struct Counters {
 pub struct SqliteStore {
     path: PathBuf,
     busy_timeout: Duration,
-    /// Reads (`load`, `list`); WAL readers never wait for the writer.
-    reader: Mutex<Connection>,
+    /// Reads (`load`, `list`, the PR IN fast path); WAL readers never wait for the writer.
+    reader: Mutex<reader::Reader>,
     jobs: Option<mpsc::Sender<Job>>,
     counters: Arc<Counters>,
     writer: Option<JoinHandle<()>>,
@@ -110,7 +119,7 @@ impl SqliteStore {
         Ok(SqliteStore {
             path,
             busy_timeout,
-            reader: Mutex::new(reader),
+            reader: Mutex::new(reader::Reader::new(reader)),
             jobs: Some(jobs),
             counters,
             writer: Some(writer),
@@ -129,6 +138,7 @@ impl SqliteStore {
             queued: c.queued.load(Ordering::Relaxed),
             applied: c.applied.load(Ordering::Relaxed),
             transactions: c.transactions.load(Ordering::Relaxed),
+            read_only: c.read_only.load(Ordering::Relaxed),
         }
     }
 
@@ -170,6 +180,23 @@ impl Store for SqliteStore {
         params: &[u8],
         config: &EngineConfig,
     ) -> Result<Outcome, StoreError> {
+        if cdb.first() == Some(&pr_scsi::PERSISTENT_RESERVE_IN) {
+            let state = self
+                .reader
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .committed_state(&self.path, lu, self.busy_timeout)?;
+            let outcome = match state.as_deref() {
+                Some(s) => s.execute(nexus, cdb, params, config),
+                None => LogicalUnit::default().execute(nexus, cdb, params, config),
+            };
+            if !outcome.changed() {
+                self.counters.read_only.fetch_add(1, Ordering::Relaxed);
+                return Ok(outcome);
+            }
+            // It reports (and so clears) a unit attention: a write, decided again under the
+            // write lock on the state then current.
+        }
         let op = Op::Execute {
             nexus: nexus.clone(),
             cdb: cdb.to_vec(),
@@ -183,12 +210,13 @@ impl Store for SqliteStore {
     }
 
     fn load(&self, lu: &LuId) -> Result<Option<LogicalUnit>, StoreError> {
-        let conn = self.reader.lock().unwrap_or_else(PoisonError::into_inner);
-        read_state(&conn, &self.path, lu, self.busy_timeout)
+        let reader = self.reader.lock().unwrap_or_else(PoisonError::into_inner);
+        read_state(reader.connection(), &self.path, lu, self.busy_timeout)
     }
 
     fn list(&self) -> Result<Vec<LuId>, StoreError> {
-        let conn = self.reader.lock().unwrap_or_else(PoisonError::into_inner);
+        let reader = self.reader.lock().unwrap_or_else(PoisonError::into_inner);
+        let conn = reader.connection();
         let err = |e| {
             sqlite_error(
                 &self.path,

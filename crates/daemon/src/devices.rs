@@ -29,6 +29,7 @@
 //! initiator = "iqn.2026-01.com.example:node1"    # default: derived from the socket path
 //! relative_target_port = 1                       # the default
 //! max_registrations = 128                        # the default; at most 1023
+//! max_batch = 256                                # PR OUTs per group commit (1: an fsync each)
 //! ```
 //!
 //! Paths are resolved to device numbers when pr-helper starts (the sandbox forbids opening
@@ -110,6 +111,7 @@ struct EmulateFormat {
     initiator: Option<String>,
     relative_target_port: Option<i64>,
     max_registrations: Option<i64>,
+    max_batch: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -150,7 +152,12 @@ pub struct EmulateSettings {
     pub relative_target_port: Option<RelativeTargetPort>,
     /// The engine's registration limit.
     pub max_registrations: usize,
+    /// Most commands the store commits in one transaction (one fsync).
+    pub max_batch: usize,
 }
+
+/// Largest `max_batch`.
+pub const MAX_BATCH: usize = 4096;
 
 impl Default for EmulateSettings {
     fn default() -> Self {
@@ -159,6 +166,7 @@ impl Default for EmulateSettings {
             initiator: None,
             relative_target_port: None,
             max_registrations: pr_engine::EngineConfig::default().max_registrations,
+            max_batch: pr_store::SqliteOptions::default().max_batch,
         }
     }
 }
@@ -429,6 +437,17 @@ impl EmulateSettings {
                     ))
                 })?;
         }
+        if let Some(b) = t.max_batch {
+            s.max_batch = usize::try_from(b)
+                .ok()
+                .filter(|b| (1..=MAX_BATCH).contains(b))
+                .ok_or_else(|| {
+                    err(format!(
+                        "max_batch = {b} is out of range; expected 1 (one fsync per command) \
+                         to {MAX_BATCH}"
+                    ))
+                })?;
+        }
         Ok(s)
     }
 }
@@ -540,6 +559,9 @@ mod tests {
         );
         assert_eq!(c.emulate.relative_target_port, Some(RelativeTargetPort(2)));
         assert_eq!(c.emulate.max_registrations, 16);
+        assert_eq!(c.emulate.max_batch, 256);
+        let c = parse("[emulate]\nmax_batch = 1\n").unwrap();
+        assert_eq!(c.emulate.max_batch, 1);
         let d = parse("").unwrap();
         assert!(!d.configures_emulate());
         assert_eq!(d.emulate.store, Path::new(DEFAULT_STORE));
@@ -593,6 +615,11 @@ mod tests {
         let e = parse("[emulate]\nmax_registrations = 5000").unwrap_err();
         assert!(
             e.contains("[emulate]: max_registrations = 5000 is out of range; expected 1 to 1023"),
+            "{e}"
+        );
+        let e = parse("[emulate]\nmax_batch = 0").unwrap_err();
+        assert!(
+            e.contains("[emulate]: max_batch = 0 is out of range; expected 1 (one fsync per command) to 4096"),
             "{e}"
         );
         let e = parse("[emulate]\npath = \"/x\"").unwrap_err();

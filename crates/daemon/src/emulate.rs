@@ -10,7 +10,7 @@ use std::thread::JoinHandle;
 use pr_backend::emulate::{identity, EmulateBackend};
 use pr_backend::Backend;
 use pr_engine::{EngineConfig, Nexus};
-use pr_store::{SqliteStore, Store, StoreError};
+use pr_store::{SqliteOptions, SqliteStore, Store, StoreError};
 
 use crate::cli::SeccompMode;
 use crate::devices::DeviceConfig;
@@ -133,7 +133,11 @@ impl Emulation {
         if let Some(port) = settings.relative_target_port {
             nexus.relative_target_port = port;
         }
-        let (store, store_thread) = open_on_store_thread(settings.store.clone(), seccomp)?;
+        let options = SqliteOptions {
+            max_batch: settings.max_batch,
+            ..SqliteOptions::default()
+        };
+        let (store, store_thread) = open_on_store_thread(settings.store.clone(), options, seccomp)?;
         let config = EngineConfig {
             max_registrations: settings.max_registrations,
             ..EngineConfig::default()
@@ -178,6 +182,7 @@ const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 /// and keeps a reference until [`Emulation::close`], so that the store is closed there.
 fn open_on_store_thread(
     path: PathBuf,
+    options: SqliteOptions,
     seccomp: SeccompMode,
 ) -> Result<(Arc<dyn Store>, StoreThread), EmulateError> {
     let (opened, store) = mpsc::sync_channel::<Result<Arc<SqliteStore>, EmulateError>>(1);
@@ -189,7 +194,7 @@ fn open_on_store_thread(
                 let _ = opened.send(Err(EmulateError::Seccomp(e.to_string())));
                 return;
             }
-            let store = match SqliteStore::open(&path) {
+            let store = match SqliteStore::open_with(&path, options) {
                 Ok(s) => Arc::new(s),
                 Err(e) => {
                     let _ = opened.send(Err(e.into()));

@@ -94,7 +94,7 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
     ));
     // Before the runtime: its threads inherit the filter (the multipath and store threads have
     // their own).
-    seccomp::install(config.seccomp)?;
+    seccomp::install(config.seccomp, emulation.is_some())?;
     process::notify_ready();
 
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -30,6 +30,13 @@
 //! relative_target_port = 1                       # the default
 //! max_registrations = 128                        # the default; at most 1023
 //! max_batch = 256                                # PR OUTs per group commit (1: an fsync each)
+//!
+//! # More listening sockets besides -k, each its own initiator of the emulated devices (a VM
+//! # per socket): a connection on it is that I_T nexus.
+//! [[socket]]
+//! path = "/run/pr-helper/vm2.sock"               # absolute; created like -k
+//! initiator = "iqn.2026-01.com.example:vm2"      # default: derived from the path, as for -k
+//! relative_target_port = 1                       # the default
 //! ```
 //!
 //! Paths are resolved to device numbers when pr-helper starts (the sandbox forbids opening
@@ -44,6 +51,7 @@ use pr_backend::dispatch::Multipath;
 use pr_backend::emulate::identity;
 use pr_backend::sgio::SgIoBackend;
 use pr_backend::{Backend, Dispatcher};
+use pr_engine::Nexus;
 use pr_scsi::transport_id::TransportId;
 use pr_scsi::RelativeTargetPort;
 use pr_store::LuId;
@@ -102,6 +110,16 @@ struct FileFormat {
     #[serde(default, rename = "device")]
     devices: Vec<EntryFormat>,
     emulate: Option<EmulateFormat>,
+    #[serde(default, rename = "socket")]
+    sockets: Vec<SocketFormat>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SocketFormat {
+    path: toml::Spanned<PathBuf>,
+    initiator: Option<String>,
+    relative_target_port: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -132,6 +150,37 @@ pub struct DeviceRule {
     pub lu: Option<LuId>,
     /// How the file named it, for messages.
     pub named_as: String,
+}
+
+/// One more listening socket (`[[socket]]`), validated: connections on it are the I_T nexus
+/// `initiator` on `relative_target_port` for emulated devices.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SocketRule {
+    /// Where to listen (absolute).
+    pub path: PathBuf,
+    /// The configured initiator; else derived from `path` as for `-k`.
+    pub initiator: Option<TransportId>,
+    /// The configured target port; else 1.
+    pub relative_target_port: Option<RelativeTargetPort>,
+    /// The line of its `path`, for messages.
+    pub line: usize,
+}
+
+impl SocketRule {
+    /// The I_T nexus of connections on this socket.
+    pub fn nexus(&self) -> Nexus {
+        let mut n = match &self.initiator {
+            Some(i) => Nexus {
+                initiator: i.clone(),
+                relative_target_port: identity::DEFAULT_RELATIVE_TARGET_PORT,
+            },
+            None => identity::derived_nexus(&self.path),
+        };
+        if let Some(p) = self.relative_target_port {
+            n.relative_target_port = p;
+        }
+        n
+    }
 }
 
 /// Where the store of the default configuration lives.
@@ -178,6 +227,8 @@ pub struct DeviceConfig {
     pub multipath: MultipathMode,
     pub rules: Vec<DeviceRule>,
     pub emulate: EmulateSettings,
+    /// Listening sockets besides `-k`, in file order.
+    pub sockets: Vec<SocketRule>,
 }
 
 /// A configuration file that cannot be used.
@@ -201,6 +252,13 @@ pub enum DeviceConfigError {
     Default { path: PathBuf, message: String },
     #[error("{path}: [emulate]: {message}")]
     Emulate { path: PathBuf, message: String },
+    #[error("{path}: [[socket]] entry {index} (line {line}): {message}")]
+    Socket {
+        path: PathBuf,
+        index: usize,
+        line: usize,
+        message: String,
+    },
 }
 
 /// Parses "MAJOR:MINOR".
@@ -322,12 +380,15 @@ impl DeviceConfig {
                 named_as,
             });
         }
-        Ok(DeviceConfig {
+        let mut config = DeviceConfig {
             default: file.default,
             multipath: file.multipath,
             rules,
             emulate,
-        })
+            sockets: Vec::new(),
+        };
+        config.sockets = parse_sockets(file.sockets, text, path, config.configures_emulate())?;
+        Ok(config)
     }
 
     /// Whether any device is emulated (then the store is opened at start-up).
@@ -400,6 +461,76 @@ impl DeviceConfig {
         }));
         v
     }
+}
+
+/// Validates the `[[socket]]` entries; `text` gives their line numbers.
+fn parse_sockets(
+    entries: Vec<SocketFormat>,
+    text: &str,
+    path: &Path,
+    emulates: bool,
+) -> Result<Vec<SocketRule>, DeviceConfigError> {
+    let mut rules: Vec<SocketRule> = Vec::new();
+    for (i, e) in entries.into_iter().enumerate() {
+        let line = text
+            .get(..e.path.span().start)
+            .map_or(0, |t| t.matches('\n').count() + 1);
+        let err = |message: String| DeviceConfigError::Socket {
+            path: path.to_path_buf(),
+            index: i + 1,
+            line,
+            message,
+        };
+        let socket = e.path.into_inner();
+        if !emulates {
+            return Err(err(
+                "a [[socket]] entry gives emulated devices another initiator, but no [[device]] has backend = \"emulate\""
+                    .into(),
+            ));
+        }
+        if !socket.is_absolute() || socket.file_name().is_none() {
+            return Err(err(format!(
+                "path = \"{}\" must be an absolute path of a socket file, e.g. \
+                 \"/run/pr-helper/vm2.sock\"",
+                socket.display()
+            )));
+        }
+        let initiator = e
+            .initiator
+            .map(|i| identity::parse_initiator(&i))
+            .transpose()
+            .map_err(|e| err(e.to_string()))?;
+        let relative_target_port = e
+            .relative_target_port
+            .map(identity::parse_relative_target_port)
+            .transpose()
+            .map_err(|e| err(e.to_string()))?;
+        let rule = SocketRule {
+            path: socket,
+            initiator,
+            relative_target_port,
+            line,
+        };
+        if let Some(prev) = rules.iter().find(|r| r.path == rule.path) {
+            return Err(err(format!(
+                "path = \"{}\" is already the socket of line {}",
+                rule.path.display(),
+                prev.line
+            )));
+        }
+        if let Some(prev) = rules.iter().find(|r| r.nexus() == rule.nexus()) {
+            return Err(err(format!(
+                "initiator {} on relative target port {} is already the socket {} (line {}); \
+                 expected a different initiator or relative_target_port for each socket",
+                rule.nexus().initiator,
+                rule.nexus().relative_target_port.0,
+                prev.path.display(),
+                prev.line
+            )));
+        }
+        rules.push(rule);
+    }
+    Ok(rules)
 }
 
 impl EmulateSettings {
@@ -566,6 +697,94 @@ mod tests {
         assert!(!d.configures_emulate());
         assert_eq!(d.emulate.store, Path::new(DEFAULT_STORE));
         assert_eq!(d.emulate.initiator, None);
+    }
+
+    #[test]
+    fn extra_sockets_and_their_mistakes() {
+        let dev = "[[device]]\ndev = \"7:0\"\nbackend = \"emulate\"\nlu = \"d\"\n";
+        let c = parse(&format!(
+            "{dev}[[socket]]\npath = \"/run/a.sock\"\ninitiator = \"iqn.2026-01.com.example:a\"\n\
+             [[socket]]\npath = \"/run/b.sock\"\nrelative_target_port = 7\n"
+        ))
+        .unwrap();
+        assert_eq!(c.sockets.len(), 2);
+        assert_eq!((c.sockets[0].line, c.sockets[1].line), (6, 9));
+        assert_eq!(
+            c.sockets[0].nexus(),
+            Nexus {
+                initiator: TransportId::Iscsi {
+                    name: "iqn.2026-01.com.example:a".into(),
+                    isid: None
+                },
+                relative_target_port: RelativeTargetPort(1)
+            }
+        );
+        let b = c.sockets[1].nexus();
+        assert_eq!(b.relative_target_port, RelativeTargetPort(7));
+        assert_eq!(b, {
+            let mut n = identity::derived_nexus(Path::new("/run/b.sock"));
+            n.relative_target_port = RelativeTargetPort(7);
+            n
+        });
+        let e = parse("[[socket]]\npath = \"/run/a.sock\"\n").unwrap_err();
+        assert_eq!(
+            e,
+            "/etc/pr-helper.toml: [[socket]] entry 1 (line 2): a [[socket]] entry gives \
+             emulated devices another initiator, but no [[device]] has backend = \"emulate\""
+        );
+        let e = parse(&format!("{dev}[[socket]]\npath = \"a.sock\"\n")).unwrap_err();
+        assert!(
+            e.contains("[[socket]] entry 1 (line 6): path = \"a.sock\" must be an absolute path"),
+            "{e}"
+        );
+        let e = parse(&format!(
+            "{dev}[[socket]]\npath = \"/run/a.sock\"\n[[socket]]\npath = \"/run/a.sock\"\n"
+        ))
+        .unwrap_err();
+        assert!(
+            e.contains("[[socket]] entry 2 (line 8): path = \"/run/a.sock\" is already the socket of line 6"),
+            "{e}"
+        );
+        let e = parse(&format!(
+            "{dev}[[socket]]\npath = \"/run/a.sock\"\ninitiator = \"iqn.2026-01.com.example:x\"\n\
+             [[socket]]\npath = \"/run/b.sock\"\ninitiator = \"iqn.2026-01.com.example:x\"\n"
+        ))
+        .unwrap_err();
+        assert!(
+            e.contains(
+                "[[socket]] entry 2 (line 9): initiator iSCSI name iqn.2026-01.com.example:x on \
+                 relative target port 1 is already the socket /run/a.sock (line 6)"
+            ),
+            "{e}"
+        );
+        let e = parse(&format!(
+            "{dev}[[socket]]\npath = \"/run/a.sock\"\ninitiator = \"VM 1\"\n"
+        ))
+        .unwrap_err();
+        assert!(
+            e.contains("[[socket]] entry 1 (line 6): initiator = \"VM 1\" is not an iSCSI name"),
+            "{e}"
+        );
+        let e = parse(&format!(
+            "{dev}[[socket]]\npath = \"/run/a.sock\"\nrelative_target_port = 70000\n"
+        ))
+        .unwrap_err();
+        assert!(
+            e.contains(
+                "(line 6): relative_target_port = 70000 is out of range; expected 1 to 65535"
+            ),
+            "{e}"
+        );
+        let e = parse(&format!(
+            "{dev}[[socket]]\ninitiator = \"iqn.2026-01.a:b\"\n"
+        ))
+        .unwrap_err();
+        assert!(e.contains("missing field `path`"), "{e}");
+        let e = parse(&format!(
+            "{dev}[[socket]]\npath = \"/run/a.sock\"\nport = 1\n"
+        ))
+        .unwrap_err();
+        assert!(e.contains("unknown field `port`"), "{e}");
     }
 
     #[test]

@@ -35,6 +35,17 @@ pub enum EmulateError {
          the [emulate] table of --config"
     )]
     NoSocketPath,
+    #[error(
+        "--config: [[socket]] entry {index} (line {line}): initiator {initiator} on relative \
+         target port {port} is already the -k socket's; expected another initiator or \
+         relative_target_port"
+    )]
+    SameInitiator {
+        index: usize,
+        line: usize,
+        initiator: String,
+        port: u16,
+    },
     #[error("cannot start the store thread")]
     Thread(#[source] std::io::Error),
     #[error("cannot install the store thread's seccomp filter: {0}")]
@@ -133,6 +144,15 @@ impl Emulation {
         if let Some(port) = settings.relative_target_port {
             nexus.relative_target_port = port;
         }
+        let extra: Vec<Nexus> = devices.sockets.iter().map(|s| s.nexus()).collect();
+        if let Some((i, n)) = extra.iter().enumerate().find(|(_, n)| **n == nexus) {
+            return Err(EmulateError::SameInitiator {
+                index: i + 1,
+                line: devices.sockets[i].line,
+                initiator: n.initiator.to_string(),
+                port: n.relative_target_port.0,
+            });
+        }
         let options = SqliteOptions {
             max_batch: settings.max_batch,
             ..SqliteOptions::default()
@@ -142,7 +162,8 @@ impl Emulation {
             max_registrations: settings.max_registrations,
             ..EngineConfig::default()
         };
-        let backend = EmulateBackend::new(store, nexus, config, devices.emulated_units());
+        let backend =
+            EmulateBackend::new(store, nexus, config, devices.emulated_units()).with_sockets(extra);
         tracing::info!(
             "emulate: {} logical unit(s) on the store {}, as initiator {} on relative target \
              port {}; {FENCING_WARNING}",
@@ -151,6 +172,14 @@ impl Emulation {
             backend.nexus().initiator,
             backend.nexus().relative_target_port.0,
         );
+        for (s, n) in devices.sockets.iter().zip(&backend.nexuses()[1..]) {
+            tracing::info!(
+                "emulate: connections on {} are initiator {} on relative target port {}",
+                s.path.display(),
+                n.initiator,
+                n.relative_target_port.0
+            );
+        }
         Ok(Some(Emulation {
             backend: Arc::new(backend),
             store_thread,

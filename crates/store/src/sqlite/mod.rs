@@ -86,6 +86,10 @@ pub struct SqliteStore {
     jobs: Option<mpsc::Sender<Job>>,
     counters: Arc<Counters>,
     writer: Option<JoinHandle<()>>,
+    /// Opened with [`SqliteStore::open_read_only`]: no writer.
+    read_only: bool,
+    /// Read-only on a database without our schema yet: it holds no logical unit.
+    empty: bool,
 }
 
 impl SqliteStore {
@@ -123,6 +127,29 @@ impl SqliteStore {
             jobs: Some(jobs),
             counters,
             writer: Some(writer),
+            read_only: false,
+            empty: false,
+        })
+    }
+
+    /// Opens the existing store at `path` read-only, for a caller that only reads (`load`,
+    /// `list`, PR IN) and may not be able to write the file: nothing is written, no writer
+    /// thread is started, and every operation that would write fails with
+    /// [`StoreError::ReadOnly`]. A corrupt, foreign or newer file is refused as by
+    /// [`SqliteStore::open`]; an older schema too (it needs migrating, read-write).
+    pub fn open_read_only(path: impl AsRef<Path>) -> Result<SqliteStore, StoreError> {
+        let path = path.as_ref().to_owned();
+        let options = SqliteOptions::default();
+        let (conn, empty) = schema::open_read_only(&path, &options)?;
+        Ok(SqliteStore {
+            path,
+            busy_timeout: options.busy_timeout,
+            reader: Mutex::new(reader::Reader::new(conn)),
+            jobs: None,
+            counters: Arc::new(Counters::default()),
+            writer: None,
+            read_only: true,
+            empty,
         })
     }
 
@@ -143,6 +170,17 @@ impl SqliteStore {
     }
 
     fn submit(&self, lu: &LuId, op: Op) -> Result<Answer, StoreError> {
+        if self.read_only {
+            return Err(StoreError::ReadOnly {
+                path: self.path.clone(),
+                operation: match op {
+                    Op::Execute { .. } => "execute a command that changes the state",
+                    Op::PowerLoss => "power-cycle a logical unit",
+                    Op::Clear => "clear a logical unit",
+                    Op::Import(_) | Op::ImportAll(_) => "import",
+                },
+            });
+        }
         let closed = || StoreError::Closed {
             path: self.path.clone(),
         };
@@ -181,11 +219,14 @@ impl Store for SqliteStore {
         config: &EngineConfig,
     ) -> Result<Outcome, StoreError> {
         if cdb.first() == Some(&pr_scsi::PERSISTENT_RESERVE_IN) {
-            let state = self
-                .reader
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .committed_state(&self.path, lu, self.busy_timeout)?;
+            let state = if self.empty {
+                None
+            } else {
+                self.reader
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .committed_state(&self.path, lu, self.busy_timeout)?
+            };
             let outcome = match state.as_deref() {
                 Some(s) => s.execute(nexus, cdb, params, config),
                 None => LogicalUnit::default().execute(nexus, cdb, params, config),
@@ -210,11 +251,17 @@ impl Store for SqliteStore {
     }
 
     fn load(&self, lu: &LuId) -> Result<Option<LogicalUnit>, StoreError> {
+        if self.empty {
+            return Ok(None);
+        }
         let reader = self.reader.lock().unwrap_or_else(PoisonError::into_inner);
         read_state(reader.connection(), &self.path, lu, self.busy_timeout)
     }
 
     fn list(&self) -> Result<Vec<LuId>, StoreError> {
+        if self.empty {
+            return Ok(Vec::new());
+        }
         let reader = self.reader.lock().unwrap_or_else(PoisonError::into_inner);
         let conn = reader.connection();
         let err = |e| {
@@ -259,6 +306,28 @@ impl Store for SqliteStore {
                 reason,
             })?;
         self.submit(lu, Op::Import(state.clone())).map(drop)
+    }
+
+    fn import_all(&self, states: &[(LuId, LogicalUnit)]) -> Result<(), StoreError> {
+        let mut seen = std::collections::HashSet::new();
+        for (lu, state) in states {
+            if !seen.insert(lu) {
+                return Err(StoreError::InvalidState {
+                    lu: lu.clone(),
+                    reason: "the logical unit is named twice".into(),
+                });
+            }
+            state
+                .check_invariants()
+                .map_err(|reason| StoreError::InvalidState {
+                    lu: lu.clone(),
+                    reason,
+                })?;
+        }
+        let Some((first, _)) = states.first() else {
+            return Ok(());
+        };
+        self.submit(first, Op::ImportAll(states.to_vec())).map(drop)
     }
 }
 

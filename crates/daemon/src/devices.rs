@@ -22,7 +22,11 @@
 //! [[device]]
 //! path = "/dev/loop0"
 //! backend = "emulate"          # reservations in software, on the store below
-//! lu = "shared-disk-1"         # the logical unit's name in the store
+//! lu = "shared-disk-1"         # the LU's name in the store when it has no VPD 0x83 identifier
+//!
+//! [[device]]
+//! id = "naa.6001405a1b2c3d4e5f60718293a4b5c6"  # every device with this VPD page 0x83
+//! backend = "emulate"                          # identifier (found at start-up)
 //!
 //! [emulate]
 //! store = "/var/lib/pr-helper/reservations.db"   # the default
@@ -85,8 +89,8 @@ pub enum DefaultBackend {
     Auto,
     Sgio,
     Blkpr,
-    /// Refused at load: an unnamed device's LU identity would be its VPD page 0x83 identifier,
-    /// which is not implemented yet.
+    /// Every device found at start-up with a VPD page 0x83 identifier is emulated under it;
+    /// the others are served as with `Auto`.
     Emulate,
 }
 
@@ -137,6 +141,7 @@ struct EmulateFormat {
 struct EntryFormat {
     path: Option<PathBuf>,
     dev: Option<String>,
+    id: Option<String>,
     backend: BackendName,
     lu: Option<String>,
 }
@@ -148,6 +153,8 @@ pub struct DeviceRule {
     pub backend: BackendName,
     /// The emulated logical unit, with `backend = "emulate"`.
     pub lu: Option<LuId>,
+    /// Where `lu` came from ("VPD page 0x83", "configured name"), for the log.
+    pub lu_from: &'static str,
     /// How the file named it, for messages.
     pub named_as: String,
 }
@@ -229,6 +236,9 @@ pub struct DeviceConfig {
     pub emulate: EmulateSettings,
     /// Listening sockets besides `-k`, in file order.
     pub sockets: Vec<SocketRule>,
+    /// With `default = "emulate"`: the devices found without a usable identifier (and why),
+    /// which keep the `auto` backend.
+    pub unidentified: Vec<String>,
 }
 
 /// A configuration file that cannot be used.
@@ -310,24 +320,89 @@ impl DeviceConfig {
             path: path.to_path_buf(),
             message: e.to_string().trim_end().to_string(),
         })?;
-        if file.default == DefaultBackend::Emulate {
-            return Err(DeviceConfigError::Default {
-                path: path.to_path_buf(),
-                message: "default = \"emulate\" is not supported yet: a device no entry names \
-                          would be identified by its VPD page 0x83 identifier, which pr-helper \
-                          does not read yet; name each emulated device in a [[device]] entry with \
-                          backend = \"emulate\" and lu = \"NAME\""
-                    .into(),
-            });
-        }
         let emulate = EmulateSettings::parse(file.emulate, path)?;
         let mut rules: Vec<DeviceRule> = Vec::new();
+        // The devices found at start-up and their identifiers, read once when needed.
+        let mut scanned: Option<Vec<Scanned>> = None;
         for (i, e) in file.devices.into_iter().enumerate() {
             let entry_err = |message: String| DeviceConfigError::Entry {
                 path: path.to_path_buf(),
                 index: i + 1,
                 message,
             };
+            if let Some(id) = &e.id {
+                if e.path.is_some() || e.dev.is_some() {
+                    return Err(entry_err(
+                        "give exactly one of path = \"/dev/…\", dev = \"MAJOR:MINOR\" or id = \
+                         \"naa.…\""
+                            .into(),
+                    ));
+                }
+                if e.backend != BackendName::Emulate {
+                    return Err(entry_err(format!(
+                        "id = {id:?} selects devices for backend = \"emulate\" only, not \"{}\"",
+                        e.backend.as_str()
+                    )));
+                }
+                if e.lu.is_some() {
+                    return Err(entry_err(
+                        "with id = …, the logical unit is that identifier; remove lu = …".into(),
+                    ));
+                }
+                let lu =
+                    LuId::new(id.clone()).map_err(|err| entry_err(format!("id = …: {err}")))?;
+                let found: Vec<&Scanned> = scanned
+                    .get_or_insert_with(scan_devices)
+                    .iter()
+                    .filter(|d| {
+                        // Hex digits in either case: "naa.6001405A…" is the same identifier.
+                        d.id.as_ref()
+                            .is_ok_and(|i| i.as_deref().is_some_and(|i| i.eq_ignore_ascii_case(id)))
+                    })
+                    .collect();
+                if found.is_empty() {
+                    let known: Vec<String> = scanned
+                        .iter()
+                        .flatten()
+                        .filter_map(|d| {
+                            Some(format!("{} {}", d.node, d.id.as_ref().ok()?.as_ref()?))
+                        })
+                        .collect();
+                    return Err(entry_err(format!(
+                        "no device present has the VPD page 0x83 identifier {id}; expected one \
+                         of the devices' identifiers ({})",
+                        if known.is_empty() {
+                            "no device has one".to_string()
+                        } else {
+                            known.join(", ")
+                        }
+                    )));
+                }
+                for d in found {
+                    if let Some(prev) = rules.iter().find(|r| r.dev == d.dev) {
+                        return Err(entry_err(format!(
+                            "{} (device {}, identifier {id}) is already configured by the entry \
+                             for {}",
+                            d.node, d.dev, prev.named_as
+                        )));
+                    }
+                    // Named as the device spells it, as with default = "emulate".
+                    let lu = d
+                        .id
+                        .as_ref()
+                        .ok()
+                        .and_then(|i| LuId::new(i.clone()?).ok())
+                        .unwrap_or_else(|| lu.clone());
+                    rules.push(DeviceRule {
+                        dev: d.dev,
+                        backend: BackendName::Emulate,
+                        lu: Some(lu),
+                        lu_from: "VPD page 0x83",
+                        named_as: format!("{} (id {id})", d.node),
+                    });
+                }
+                continue;
+            }
             let (dev, named_as, is_block) = match (&e.path, &e.dev) {
                 (Some(p), None) => {
                     let (dev, block) = resolve_path(p).map_err(entry_err)?;
@@ -336,7 +411,9 @@ impl DeviceConfig {
                 (None, Some(d)) => (parse_devnum(d).map_err(entry_err)?, d.clone(), None),
                 _ => {
                     return Err(entry_err(
-                        "give exactly one of path = \"/dev/…\" or dev = \"MAJOR:MINOR\"".into(),
+                        "give exactly one of path = \"/dev/…\", dev = \"MAJOR:MINOR\" or id = \
+                         \"naa.…\""
+                            .into(),
                     ))
                 }
             };
@@ -348,16 +425,45 @@ impl DeviceConfig {
                     "{named_as} is an sg character device; backend \"blkpr\" needs a block device"
                 )));
             }
-            let lu = match (e.backend, e.lu) {
-                (BackendName::Emulate, Some(lu)) => {
-                    Some(LuId::new(lu).map_err(|err| entry_err(format!("lu = …: {err}")))?)
-                }
-                (BackendName::Emulate, None) => {
-                    return Err(entry_err(
-                        "backend \"emulate\" needs lu = \"NAME\", the logical unit's name in \
-                         the store (identification by VPD page 0x83 is not implemented yet)"
-                            .into(),
-                    ))
+            let (lu, lu_from) = match (e.backend, e.lu) {
+                (BackendName::Emulate, configured) => {
+                    // The LU's identity: its VPD page 0x83 identifier, else the configured name.
+                    let node = match &e.path {
+                        Some(p) => p.clone(),
+                        None => dev_node(dev),
+                    };
+                    match read_identifier(&node) {
+                        Ok(Some(id)) => (
+                            Some(LuId::new(id).map_err(|err| {
+                                entry_err(format!(
+                                    "the VPD page 0x83 identifier of {named_as}: {err}"
+                                ))
+                            })?),
+                            "VPD page 0x83",
+                        ),
+                        other => match configured {
+                            Some(lu) => (
+                                Some(
+                                    LuId::new(lu)
+                                        .map_err(|err| entry_err(format!("lu = …: {err}")))?,
+                                ),
+                                "configured name",
+                            ),
+                            None => {
+                                let why = match other {
+                                    Err(e) => e,
+                                    _ => "its VPD page 0x83 names the logical unit by no NAA, \
+                                          EUI-64 or SCSI name string"
+                                        .into(),
+                                };
+                                return Err(entry_err(format!(
+                                    "backend \"emulate\" needs the logical unit's identity: \
+                                     {named_as} has no VPD page 0x83 identifier ({why}); give \
+                                     lu = \"NAME\", its name in the store"
+                                )));
+                            }
+                        },
+                    }
                 }
                 (b, Some(lu)) => {
                     return Err(entry_err(format!(
@@ -365,7 +471,7 @@ impl DeviceConfig {
                         b.as_str()
                     )))
                 }
-                (_, None) => None,
+                (_, None) => (None, ""),
             };
             if let Some(prev) = rules.iter().find(|r| r.dev == dev) {
                 return Err(entry_err(format!(
@@ -377,8 +483,34 @@ impl DeviceConfig {
                 dev,
                 backend: e.backend,
                 lu,
+                lu_from,
                 named_as,
             });
+        }
+        let mut unidentified = Vec::new();
+        if file.default == DefaultBackend::Emulate {
+            for d in scanned.get_or_insert_with(scan_devices).iter() {
+                if rules.iter().any(|r| r.dev == d.dev) {
+                    continue;
+                }
+                match &d.id {
+                    Ok(Some(id)) => match LuId::new(id.clone()) {
+                        Ok(lu) => rules.push(DeviceRule {
+                            dev: d.dev,
+                            backend: BackendName::Emulate,
+                            lu: Some(lu),
+                            lu_from: "VPD page 0x83",
+                            named_as: format!("{} (default)", d.node),
+                        }),
+                        Err(e) => unidentified.push(format!("{}: {e}", d.node)),
+                    },
+                    Ok(None) => unidentified.push(format!(
+                        "{}: no NAA, EUI-64 or SCSI name designator",
+                        d.node
+                    )),
+                    Err(e) => unidentified.push(format!("{}: {e}", d.node)),
+                }
+            }
         }
         let mut config = DeviceConfig {
             default: file.default,
@@ -386,6 +518,7 @@ impl DeviceConfig {
             rules,
             emulate,
             sockets: Vec::new(),
+            unidentified,
         };
         config.sockets = parse_sockets(file.sockets, text, path, config.configures_emulate())?;
         Ok(config)
@@ -393,7 +526,8 @@ impl DeviceConfig {
 
     /// Whether any device is emulated (then the store is opened at start-up).
     pub fn configures_emulate(&self) -> bool {
-        self.rules.iter().any(|r| r.backend == BackendName::Emulate)
+        self.default == DefaultBackend::Emulate
+            || self.rules.iter().any(|r| r.backend == BackendName::Emulate)
     }
 
     /// The emulated devices and their logical units.
@@ -426,7 +560,8 @@ impl DeviceConfig {
             DefaultBackend::Auto => d = d.with_nvme(blkpr_backend.clone()),
             DefaultBackend::Sgio => {}
             DefaultBackend::Blkpr => d = d.with_block_default(blkpr_backend.clone()),
-            DefaultBackend::Emulate => unreachable!("refused by DeviceConfig::parse"),
+            // The emulated devices are rules; every other device is served as with auto.
+            DefaultBackend::Emulate => d = d.with_nvme(blkpr_backend.clone()),
         }
         for r in &self.rules {
             let backend = match (r.backend, &emulate) {
@@ -450,7 +585,7 @@ impl DeviceConfig {
         v.extend(self.rules.iter().map(|r| {
             let lu =
                 r.lu.as_ref()
-                    .map(|lu| format!(", logical unit {lu}"))
+                    .map(|lu| format!(", logical unit {lu} ({})", r.lu_from))
                     .unwrap_or_default();
             format!(
                 "device {} ({}): {}{lu}",
@@ -459,8 +594,88 @@ impl DeviceConfig {
                 r.backend.as_str()
             )
         }));
+        v.extend(
+            self.unidentified
+                .iter()
+                .map(|u| format!("default emulate: not emulated, no identifier: {u}")),
+        );
         v
     }
+}
+
+/// A device found at start-up and its VPD page 0x83 identifier (or why there is none).
+#[derive(Debug)]
+struct Scanned {
+    dev: DevNum,
+    node: String,
+    id: Result<Option<String>, String>,
+}
+
+/// Most devices asked for their identifier at start-up.
+const MAX_SCANNED: usize = 4096;
+
+/// The block devices (not partitions) and sg devices of the machine, from sysfs, each asked
+/// for its identifier (as root, at start-up).
+fn scan_devices() -> Vec<Scanned> {
+    let mut found = Vec::new();
+    for (class, dir) in [
+        ("block", "/sys/class/block"),
+        ("scsi_generic", "/sys/class/scsi_generic"),
+    ] {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            continue;
+        };
+        let mut names: Vec<String> = entries
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .collect();
+        names.sort();
+        for name in names {
+            if found.len() >= MAX_SCANNED {
+                return found;
+            }
+            let sys = Path::new(dir).join(&name);
+            if class == "block" && sys.join("partition").exists() {
+                continue;
+            }
+            let Some(dev) = std::fs::read_to_string(sys.join("dev"))
+                .ok()
+                .and_then(|t| parse_devnum(t.trim()).ok())
+            else {
+                continue;
+            };
+            let node = format!("/dev/{name}");
+            let id = read_identifier(Path::new(&node));
+            found.push(Scanned { dev, node, id });
+        }
+    }
+    found
+}
+
+/// The device node of a device number (udev's /dev/block and /dev/char links).
+fn dev_node(dev: DevNum) -> PathBuf {
+    let kind = if dev.major == SCSI_GENERIC_MAJOR {
+        "char"
+    } else {
+        "block"
+    };
+    PathBuf::from(format!("/dev/{kind}/{}:{}", dev.major, dev.minor))
+}
+
+/// How long start-up waits for one device's INQUIRY.
+const INQUIRY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The VPD page 0x83 identifier of the device at `node` (`Ok(None)`: the page has none that
+/// names the logical unit; `Err`: no page, in words).
+fn read_identifier(node: &Path) -> Result<Option<String>, String> {
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(node)
+        .map_err(|e| format!("cannot open {}: {e}", node.display()))?;
+    pr_backend::emulate::vpd::read_lu_identifier(f.as_fd(), INQUIRY_TIMEOUT)
+        .map(|d| d.map(|d| d.name))
 }
 
 /// Validates the `[[socket]]` entries; `text` gives their line numbers.
@@ -619,6 +834,7 @@ mod tests {
                 },
                 backend: BackendName::Blkpr,
                 lu: None,
+                lu_from: "",
                 named_as: "8:16".into()
             }]
         );
@@ -789,11 +1005,17 @@ mod tests {
 
     #[test]
     fn emulate_mistakes_are_named() {
+        // The host has no SCSI device: 7:0 (a loop device or nothing) has no VPD page 0x83.
         let e = parse("[[device]]\ndev = \"7:0\"\nbackend = \"emulate\"").unwrap_err();
         assert!(
             e.starts_with(
-                "/etc/pr-helper.toml: [[device]] entry 1: backend \"emulate\" needs lu = \"NAME\""
+                "/etc/pr-helper.toml: [[device]] entry 1: backend \"emulate\" needs the logical \
+                 unit's identity: 7:0 has no VPD page 0x83 identifier ("
             ),
+            "{e}"
+        );
+        assert!(
+            e.ends_with("give lu = \"NAME\", its name in the store"),
             "{e}"
         );
         let e = parse("[[device]]\ndev = \"7:0\"\nbackend = \"emulate\"\nlu = \" x\"").unwrap_err();
@@ -808,12 +1030,40 @@ mod tests {
             e.contains("entry 1: lu = \"x\" is only for backend = \"emulate\", not \"sgio\""),
             "{e}"
         );
-        let e = parse("default = \"emulate\"").unwrap_err();
+        // default = "emulate" opens the store; the host's devices have no identifier, so none
+        // is emulated and each is named in the log.
+        let c = parse("default = \"emulate\"").unwrap();
+        assert!(c.configures_emulate());
+        assert!(c.emulated_units().is_empty());
+        assert!(c
+            .describe()
+            .iter()
+            .skip(1)
+            .all(|l| l.starts_with("default emulate: not emulated, no identifier: /dev/")));
+        let id = "naa.6001405000000000000000000000abcd";
+        let e = parse(&format!("[[device]]\nid = \"{id}\"\nbackend = \"emulate\"")).unwrap_err();
         assert!(
-            e.starts_with("/etc/pr-helper.toml: default = \"emulate\" is not supported yet"),
+            e.starts_with(&format!(
+                "/etc/pr-helper.toml: [[device]] entry 1: no device present has the VPD page \
+                 0x83 identifier {id}; expected one of the devices' identifiers (no device has one)"
+            )),
             "{e}"
         );
-        assert!(e.contains("VPD page 0x83"), "{e}");
+        let e = parse(&format!(
+            "[[device]]\nid = \"{id}\"\npath = \"/dev/null\"\nbackend = \"emulate\""
+        ))
+        .unwrap_err();
+        assert!(e.contains("give exactly one of path"), "{e}");
+        let e = parse(&format!("[[device]]\nid = \"{id}\"\nbackend = \"sgio\"")).unwrap_err();
+        assert!(
+            e.contains("selects devices for backend = \"emulate\" only, not \"sgio\""),
+            "{e}"
+        );
+        let e = parse(&format!(
+            "[[device]]\nid = \"{id}\"\nbackend = \"emulate\"\nlu = \"x\""
+        ))
+        .unwrap_err();
+        assert!(e.contains("remove lu"), "{e}");
         let e = parse("[emulate]\ninitiator = \"node1\"").unwrap_err();
         assert!(
             e.starts_with(

@@ -9,6 +9,7 @@
 //! engine on the I/O path (pr-target).
 
 pub mod identity;
+pub mod vpd;
 
 use std::collections::HashMap;
 use std::sync::Arc;

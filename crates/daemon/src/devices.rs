@@ -387,12 +387,11 @@ impl DeviceConfig {
                         )));
                     }
                     // Named as the device spells it, as with default = "emulate".
-                    let lu = d
-                        .id
-                        .as_ref()
-                        .ok()
-                        .and_then(|i| LuId::new(i.clone()?).ok())
-                        .unwrap_or_else(|| lu.clone());
+                    let lu =
+                        d.id.as_ref()
+                            .ok()
+                            .and_then(|i| LuId::new(i.clone()?).ok())
+                            .unwrap_or_else(|| lu.clone());
                     rules.push(DeviceRule {
                         dev: d.dev,
                         backend: BackendName::Emulate,

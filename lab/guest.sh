@@ -25,6 +25,9 @@ pass=$((pass + $(grep -c '^PASS ' /run/lab-nvme.out))); fail=$((fail + $(grep -c
 bash $TOP/lab/hang.sh 2>&1 | tee /run/lab-hang.out
 pass=$((pass + $(grep -c '^PASS ' /run/lab-hang.out))); fail=$((fail + $(grep -c '^FAIL ' /run/lab-hang.out)))
 grep -q '^PASS hang: the daemon is still running' /run/lab-hang.out || { echo "FAIL hang: the scenario did not finish"; fail=$((fail+1)); }
+# The emulate backend's LU identity from VPD page 0x83 (lab/emulate-vpd.sh).
+bash $TOP/lab/emulate-vpd.sh 2>&1 | tee /run/lab-emulate-vpd.out
+pass=$((pass + $(grep -c '^PASS ' /run/lab-emulate-vpd.out))); fail=$((fail + $(grep -c '^FAIL ' /run/lab-emulate-vpd.out)))
 # Multipath last: it loads device-mapper, after which our daemon keeps CAP_SYS_ADMIN.
 bash $TOP/lab/multipath.sh 2>&1 | tee /run/lab-multipath.out
 pass=$((pass + $(grep -c '^PASS ' /run/lab-multipath.out))); fail=$((fail + $(grep -c '^FAIL ' /run/lab-multipath.out)))

@@ -40,6 +40,11 @@ pub struct Device {
 }
 
 impl Device {
+    /// The loop device's path, for a loop device.
+    pub fn loop_path(&self) -> Option<&Path> {
+        self.loop_dev.as_deref()
+    }
+
     /// Opens (creating if needed) the device of `kind` read-write, scratch files in `dir`.
     pub fn open(kind: &FdKind, dir: &Path) -> io::Result<Device> {
         match kind {

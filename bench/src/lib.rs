@@ -5,6 +5,7 @@
 pub mod cli;
 pub mod compare;
 pub mod device;
+pub mod emulate;
 pub mod events;
 pub mod idle;
 pub mod load;

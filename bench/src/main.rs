@@ -7,7 +7,7 @@ use clap::Parser;
 use pr_bench::cli::{Cli, Command};
 use pr_bench::device::Device;
 use pr_bench::load::{LoadConfig, Stop};
-use pr_bench::{compare, idle, load, procinfo, report};
+use pr_bench::{compare, emulate, idle, load, procinfo, report};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -98,6 +98,16 @@ fn run(cli: Cli) -> Result<(), String> {
                 report::write(&[r], doc)?;
                 println!("wrote {}", doc.display());
             }
+            Ok(())
+        }
+        Command::Emulate(a) => {
+            let command_line = std::iter::once("target/release/pr-bench".to_string())
+                .chain(std::env::args().skip(1))
+                .collect::<Vec<_>>()
+                .join(" ");
+            let r = emulate::run(&a, command_line)?;
+            print!("{}", r.to_markdown());
+            println!("results in {}", a.results.display());
             Ok(())
         }
         Command::Report(a) => {

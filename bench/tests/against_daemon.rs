@@ -133,3 +133,68 @@ fn command_line_run_reports_json() {
     assert!(v["server"]["pid"].as_u64().is_some());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `pr-bench emulate` end to end (as root: it attaches a loop device): three daemons on one
+/// loop device, every point measured, every emulated reply GOOD (the run fails otherwise),
+/// the passthrough path's replies the loop driver's refusal, the summary and the verdicts
+/// written. No timing assertions.
+#[test]
+fn emulate_sweep_measures_every_point() {
+    let dir = scratch("emulate");
+    let out = Command::new(env!("CARGO_BIN_EXE_pr-bench"))
+        .args([
+            "emulate",
+            "--clients",
+            "1,4",
+            "--duration",
+            "0.3",
+            "--rounds",
+            "1",
+        ])
+        .arg("--ours")
+        .arg(daemon())
+        .arg("--scratch-dir")
+        .arg(&dir)
+        .arg("--results")
+        .arg(dir.join("results"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(dir.join("results/results.json")).unwrap();
+    let r: pr_bench::emulate::EmulateResults = serde_json::from_str(&text).unwrap();
+    use pr_bench::emulate::{EMULATE, FSYNC_EACH, PASSTHROUGH, PR_IN, PR_OUT};
+    for (helper, workload) in [
+        (PASSTHROUGH, PR_IN),
+        (PASSTHROUGH, PR_OUT),
+        (EMULATE, PR_IN),
+        (EMULATE, PR_OUT),
+        (FSYNC_EACH, PR_OUT),
+    ] {
+        for clients in [1, 4] {
+            let p = r
+                .point(helper, workload, clients)
+                .unwrap_or_else(|| panic!("{helper} {workload} {clients} not measured"));
+            assert!(p.replies > 0 && p.errors == 0, "{p:?}");
+            if helper == PASSTHROUGH {
+                assert_eq!(p.good, 0, "the loop driver refuses SG_IO: {p:?}");
+            } else {
+                assert_eq!(p.good, p.replies, "{p:?}");
+            }
+        }
+    }
+    assert!(r.group_commit_gain(4).is_some());
+    let summary = std::fs::read_to_string(dir.join("results/summary.md")).unwrap();
+    assert!(summary.contains("group-commit gain"), "{summary}");
+    // The scratch directory (loop image, stores, configurations) is removed.
+    let left: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n != "results")
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -34,6 +34,10 @@ pub struct PrRequest<'a> {
     pub header: &'a RequestHeader,
     /// PR OUT parameter data (exactly the parameter list length); empty for PR IN.
     pub parameters: &'a [u8],
+    /// The listening socket the request came through: 0 is the main one (`-k` or systemd's),
+    /// 1, 2, … the configured extra sockets in order. The `emulate` backend makes it the
+    /// initiator; other backends ignore it.
+    pub socket: usize,
 }
 
 /// Why a backend could not execute a command at all.
@@ -131,4 +135,13 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
     /// reply need not be clamped to the allocation length; the server does that for every
     /// backend.
     fn execute(&self, device: &Device<'_>, request: &PrRequest<'_>) -> Result<Reply, BackendError>;
+
+    /// Whether executing `request` may wait for other requests to be executed with it (the
+    /// store's group commit): the server then makes sure another thread is free to take the
+    /// next request meanwhile, so that concurrent commands can meet in one commit. False by
+    /// default.
+    fn waits_for_company(&self, request: &PrRequest<'_>) -> bool {
+        let _ = request;
+        false
+    }
 }

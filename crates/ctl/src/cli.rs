@@ -36,13 +36,14 @@ Examples:
   pr-ctl store show naa.6001405a1b2c3d4e";
 
 const STORE_AFTER_HELP: &str = "\
-These commands open the store database itself (read-write, as the daemon does; several processes
-may share it), so they need no daemon and work while one runs. Only import creates a missing
-database; the other commands say it is missing.
+These commands open the store database itself (several processes may share it), so they need no
+daemon and work while one runs: list, show and export read-only (a file you may only read will
+do), power-cycle, clear and import read-write. Only import creates a missing database; the
+other commands say it is missing.
 
 Export format: {\"format\": \"pr-helper-store-export\", \"version\": 1, \"logical_units\":
-{\"<LU>\": <state>}}; import accepts exactly that, checks every state first and writes nothing
-when one is wrong.
+{\"<LU>\": <state>}}; import accepts exactly that, checks every state first and writes every
+logical unit in one transaction: all of them, or none when one is wrong or the write fails.
 
 Examples:
   pr-ctl store list
@@ -196,8 +197,27 @@ pub struct StoreArgs {
     #[arg(long = "store", global = true, env = "PR_HELPER_STORE",
           default_value = DEFAULT_STORE, value_name = "PATH")]
     pub path: PathBuf,
+    /// Shadows the global --socket, which means nothing here (the store commands open the
+    /// database, not a helper): hidden from the store commands' help, refused when given.
+    #[arg(short = 's', long = "socket", hide = true, value_name = "PATH",
+          value_parser = not_for_the_store::<PathBuf>)]
+    pub socket: Option<PathBuf>,
+    /// Shadows the global --timeout, likewise.
+    #[arg(long = "timeout", hide = true, value_name = "SECONDS",
+          value_parser = not_for_the_store::<u64>)]
+    pub timeout: Option<u64>,
     #[command(subcommand)]
     pub command: StoreCommand,
+}
+
+/// The value parser of the helper options shadowed in `pr-ctl store`: always refuses. (Their
+/// fields hold the global options' values, which clap copies down; nothing reads them.)
+fn not_for_the_store<T>(_: &str) -> Result<T, String> {
+    Err(
+        "the store commands open the store database (--store PATH) and talk to no helper; \
+         --socket and --timeout are for the commands that do"
+            .into(),
+    )
 }
 
 #[derive(Debug, Subcommand)]

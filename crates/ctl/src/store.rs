@@ -89,18 +89,25 @@ pub fn parse_export(text: &str) -> Result<Export, String> {
 /// Runs one `pr-ctl store` command.
 pub fn run(args: &StoreArgs, json: bool) -> Result<Outcome, Failure> {
     let path = args.path.as_path();
+    // Reads open the database read-only: a file the user may read but not write can be
+    // listed, shown and exported, and nothing is written to it.
     match &args.command {
-        StoreCommand::List => list(&open_existing(path)?, json),
+        StoreCommand::List => list(&open_existing(path, Access::Read)?, json),
         StoreCommand::Show { lu } => {
-            let state = load_existing(&open_existing(path)?, lu)?;
+            let state = load_existing(&open_existing(path, Access::Read)?, lu)?;
             let r = render_state(lu, &state);
             Ok(print(json, r.human, r.json))
         }
-        StoreCommand::PowerCycle { lu } => power_cycle(&open_existing(path)?, lu, json),
-        StoreCommand::Clear { lu } => clear(&open_existing(path)?, lu, json),
-        StoreCommand::Export { lus, output } => {
-            export(&open_existing(path)?, lus, output.as_deref(), json)
+        StoreCommand::PowerCycle { lu } => {
+            power_cycle(&open_existing(path, Access::Write)?, lu, json)
         }
+        StoreCommand::Clear { lu } => clear(&open_existing(path, Access::Write)?, lu, json),
+        StoreCommand::Export { lus, output } => export(
+            &open_existing(path, Access::Read)?,
+            lus,
+            output.as_deref(),
+            json,
+        ),
         StoreCommand::Import { file, dry_run } => import(path, file, *dry_run, json),
     }
 }
@@ -128,9 +135,19 @@ fn store_failure(e: StoreError) -> Failure {
     failure(message)
 }
 
+/// How a command uses the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Access {
+    Read,
+    Write,
+}
+
 /// Opens the store at `path`, which must exist: only import creates a store.
-fn open_existing(path: &Path) -> Result<SqliteStore, Failure> {
+fn open_existing(path: &Path, access: Access) -> Result<SqliteStore, Failure> {
     match path.try_exists() {
+        Ok(true) if access == Access::Read => {
+            SqliteStore::open_read_only(path).map_err(store_failure)
+        }
         Ok(true) => SqliteStore::open(path).map_err(store_failure),
         Ok(false) => Err(failure(format!(
             "the store database {} does not exist; name another with --store or \
@@ -337,23 +354,28 @@ fn import(path: &Path, file: &Path, dry_run: bool, json: bool) -> Result<Outcome
     };
     let mut human = String::new();
     let mut entries = Vec::new();
-    let mut imported = Vec::new();
-    for (lu, state) in &doc.logical_units {
-        let previous = match &store {
-            Some(s) => s.load(lu).map_err(store_failure)?,
-            None => None,
-        };
-        if let (Some(s), false) = (&store, dry_run) {
-            s.import(lu, state).map_err(|e| {
-                let mut f = store_failure(e);
-                if !imported.is_empty() {
-                    f.message
-                        .push_str(&format!(" (already imported: {})", imported.join(", ")));
-                }
-                f
-            })?;
-            imported.push(lu.to_string());
-        }
+    let mut replaced = Vec::new();
+    for lu in doc.logical_units.keys() {
+        replaced.push(match &store {
+            Some(s) => s.load(lu).map_err(store_failure)?.is_some(),
+            None => false,
+        });
+    }
+    // Every logical unit in one transaction: all of them, or none.
+    if let (Some(s), false) = (&store, dry_run) {
+        let states: Vec<(LuId, LogicalUnit)> = doc
+            .logical_units
+            .iter()
+            .map(|(lu, state)| (lu.clone(), state.clone()))
+            .collect();
+        s.import_all(&states).map_err(|e| {
+            let mut f = store_failure(e);
+            f.message.push_str("; nothing was imported");
+            f
+        })?;
+    }
+    for ((lu, state), replaced) in doc.logical_units.iter().zip(replaced) {
+        let previous = replaced.then_some(());
         let verb = match (dry_run, previous.is_some()) {
             (false, true) => "imported, replacing the stored state",
             (false, false) => "imported as a new logical unit",

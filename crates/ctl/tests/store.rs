@@ -614,3 +614,107 @@ fn a_file_that_is_not_a_store_is_left_untouched() {
         "not a database, just some notes\n".repeat(100)
     );
 }
+
+/// An import of several logical units is one transaction: when the database refuses the
+/// second (a trigger standing for any write failure), the first is not written either, and
+/// pr-ctl says nothing was imported; once the database accepts, both are.
+#[test]
+fn import_of_several_logical_units_is_all_or_nothing() {
+    let f = Fixture::new();
+    let (a, b) = (f.state(LU_A).unwrap(), f.state(LU_B).unwrap());
+    let backup = f.dir().join("backup.json");
+    let backup_arg = backup.to_str().unwrap();
+    ok(f.pr_ctl(&["export", "--output", backup_arg]));
+    ok(f.pr_ctl(&["clear", LU_A]));
+    ok(f.pr_ctl(&["clear", LU_B]));
+    let db = rusqlite::Connection::open(&f.path).unwrap();
+    db.execute_batch(&format!(
+        "CREATE TRIGGER refuse_b BEFORE INSERT ON logical_units WHEN NEW.lu_id = '{LU_B}'
+         BEGIN SELECT RAISE(ABORT, 'refused by the test'); END;"
+    ))
+    .unwrap();
+    let e = fails(f.pr_ctl(&["import", backup_arg]), 1);
+    assert!(e.contains("refused by the test"), "{e}");
+    assert!(e.trim_end().ends_with("nothing was imported"), "{e}");
+    assert_eq!(f.state(LU_A), None, "the first logical unit was written");
+    assert_eq!(f.state(LU_B), None);
+    db.execute_batch("DROP TRIGGER refuse_b").unwrap();
+    ok(f.pr_ctl(&["import", backup_arg]));
+    assert_eq!((f.state(LU_A), f.state(LU_B)), (Some(a), Some(b)));
+}
+
+/// list, show and export open the database read-only: a user who may read the file but not
+/// write it or its directory (nobody, on root's 0644 file) can use them, and the file is not
+/// changed; power-cycle, which writes, is refused with the database's error.
+#[test]
+fn a_store_the_user_may_only_read_is_listed_shown_and_exported() {
+    use std::os::unix::fs::PermissionsExt;
+    let f = Fixture::new();
+    std::fs::set_permissions(f.dir(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&f.path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let before = std::fs::read(&f.path).unwrap();
+    let as_nobody = |args: &[&str]| {
+        Command::new("setpriv")
+            .args([
+                "--reuid",
+                "nobody",
+                "--regid",
+                "nogroup",
+                "--clear-groups",
+                "--",
+            ])
+            .arg(PR_CTL)
+            .arg("store")
+            .arg("--store")
+            .arg(&f.path)
+            .args(args)
+            .env_remove("PR_HELPER_STORE")
+            .output()
+            .expect("run pr-ctl as nobody")
+    };
+    let listed = ok(as_nobody(&["list"]));
+    assert_eq!(listed.lines().count(), 2, "{listed}");
+    assert_eq!(ok(as_nobody(&["show", LU_A])), SHOW_A);
+    let exported: Value = serde_json::from_str(&ok(as_nobody(&["export"]))).unwrap();
+    assert_eq!(
+        exported["logical_units"][LU_A]["registrants"][0]["key"],
+        0x1111
+    );
+    let e = fails(as_nobody(&["power-cycle", LU_A]), 1);
+    assert!(e.starts_with("pr-ctl: "), "{e}");
+    assert_eq!(std::fs::read(&f.path).unwrap(), before);
+    let left: Vec<_> = std::fs::read_dir(f.dir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left, ["reservations.db"], "files beside the database");
+}
+
+/// `pr-ctl store` talks to no helper: its help does not offer --socket or --timeout, and
+/// giving them there is a usage error that says why.
+#[test]
+fn store_commands_have_no_helper_options() {
+    for args in [&["store", "--help"][..], &["store", "list", "--help"]] {
+        let out = Command::new(PR_CTL).args(args).output().unwrap();
+        let help = ok(out);
+        assert!(help.contains("--store <PATH>"), "{help}");
+        assert!(
+            !help.contains("--socket") && !help.contains("--timeout"),
+            "{help}"
+        );
+    }
+    let e = fails(f_usage(&["store", "--socket", "/run/x.sock", "list"]), 2);
+    assert!(e.contains("talk to no helper"), "{e}");
+    let e = fails(f_usage(&["store", "--timeout", "5", "list"]), 2);
+    assert!(e.contains("talk to no helper"), "{e}");
+    let e = fails(f_usage(&["store", "list", "--socket", "/run/x.sock"]), 2);
+    assert!(e.contains("unexpected argument '--socket'"), "{e}");
+}
+
+fn f_usage(args: &[&str]) -> Output {
+    Command::new(PR_CTL)
+        .args(args)
+        .env_remove("PR_HELPER_STORE")
+        .output()
+        .unwrap()
+}

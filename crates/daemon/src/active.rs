@@ -97,6 +97,8 @@ pub(crate) fn serve_one(
     dispatcher: &Dispatcher,
     io_timeout: Duration,
     wait: bool,
+    socket: usize,
+    before_waiting: &dyn Fn(),
 ) -> Result<Served, ConnectionError> {
     let mut fd = None;
     let mut cdb = [0u8; CDB_SIZE];
@@ -127,7 +129,7 @@ pub(crate) fn serve_one(
             return Err(ConnectionError::Truncated);
         }
     }
-    let mut reply = execute(dispatcher, fd, header, parameters);
+    let mut reply = execute(dispatcher, fd, header, parameters, socket, before_waiting);
     reply.clamp_to(&header);
     let mut out = stream;
     out.write_all(&reply.encode()).map_err(|e| match e.kind() {
@@ -218,6 +220,8 @@ fn execute(
     fd: OwnedFd,
     header: RequestHeader,
     parameters: Vec<u8>,
+    socket: usize,
+    before_waiting: &dyn Fn(),
 ) -> Reply {
     let (backend, kind) = match dispatcher.route(fd.as_fd(), &header) {
         Route::Immediate { reply, reason } => {
@@ -234,7 +238,11 @@ fn execute(
     let request = PrRequest {
         header: &header,
         parameters: &parameters,
+        socket,
     };
+    if backend.waits_for_company(&request) {
+        before_waiting();
+    }
     let result = backend.execute(&device, &request);
     // The device descriptor is closed here, once the command has run (the last close of a block
     // device flushes it, which a hung device would block too).

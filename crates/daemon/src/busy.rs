@@ -35,6 +35,9 @@ use crate::active::{self, ConnectionError, Served, Turn, LINGER};
 const STACK_SIZE: usize = 128 * 1024;
 /// How often the monitor looks for quiet connections and stuck pollers.
 const TICK: Duration = Duration::from_millis(20);
+/// Most pollers started for commands that wait for company (group commit): as many commands
+/// can meet in one commit.
+const MAX_POLLERS: usize = 128;
 /// A poller beyond the wanted number ends after this long without an event.
 const EXTRA_IDLE: Timespec = Timespec {
     tv_sec: 1,
@@ -79,6 +82,8 @@ struct Slot {
     stream: Option<UnixStream>,
     done: oneshot::Sender<Turn>,
     last: Instant,
+    /// The listening socket the connection came through.
+    socket: usize,
 }
 
 fn key(index: u32, generation: u32) -> u64 {
@@ -107,10 +112,11 @@ impl Busy {
         self: &Arc<Self>,
         stream: UnixStream,
         first: bool,
+        socket: usize,
     ) -> Result<oneshot::Receiver<Turn>, ConnectionError> {
         active::begin_turn(&stream, first, self.io_timeout)?;
         if self.dedicated.fetch_add(1, Ordering::AcqRel) < self.wanted {
-            return self.dedicate(stream);
+            return self.dedicate(stream, socket);
         }
         self.dedicated.fetch_sub(1, Ordering::AcqRel);
         if self.pollers.load(Ordering::Acquire) == 0 {
@@ -143,6 +149,7 @@ impl Busy {
             stream: Some(stream),
             done,
             last: Instant::now(),
+            socket,
         });
         slots.used += 1;
         drop(slots);
@@ -152,9 +159,12 @@ impl Busy {
 
     /// A turn on a thread of its own: serves requests until the connection is quiet for
     /// `LINGER`, closes, fails, or a shutdown began (a request under way is answered first).
+    /// A command that waits for company (group commit) needs nothing here: this thread is the
+    /// connection's own, and the others' requests are read by their own threads or pollers.
     fn dedicate(
         self: &Arc<Self>,
         stream: UnixStream,
+        socket: usize,
     ) -> Result<oneshot::Receiver<Turn>, ConnectionError> {
         let (done, turn) = oneshot::channel();
         let busy = self.clone();
@@ -164,7 +174,15 @@ impl Busy {
             .spawn(move || {
                 let end = loop {
                     let shutdown = || busy.shutdown.load(Ordering::Acquire);
-                    match active::serve_one(&stream, &busy.dispatcher, busy.io_timeout, true) {
+                    let served = active::serve_one(
+                        &stream,
+                        &busy.dispatcher,
+                        busy.io_timeout,
+                        true,
+                        socket,
+                        &|| {},
+                    );
+                    match served {
                         Ok(Served::Reply) if !shutdown() => continue,
                         Ok(Served::Reply | Served::Closed) => break Turn::Closed(Ok(())),
                         Ok(Served::Nothing) if shutdown() => break Turn::Closed(Ok(())),
@@ -261,7 +279,7 @@ impl Busy {
         Ok(())
     }
 
-    fn poll(&self) {
+    fn poll(self: &Arc<Self>) {
         let mut events = Vec::with_capacity(1);
         loop {
             let extra = self.pollers.load(Ordering::Acquire) > self.wanted;
@@ -296,6 +314,20 @@ impl Busy {
         }
     }
 
+    /// Before a command that waits for others to be committed with it (the store's group
+    /// commit): when no other poller waits for events, one more is started (up to
+    /// [`MAX_POLLERS`]), so the next request is read while this one waits and can join its
+    /// commit. Extra pollers end as usual once enough are free again.
+    fn keep_one_waiting(self: &Arc<Self>) {
+        if self.waiting.load(Ordering::Acquire) == 0
+            && self.pollers.load(Ordering::Acquire) < MAX_POLLERS
+        {
+            if let Err(e) = self.start_pollers(1) {
+                warn!("cannot start a poller thread: {e}");
+            }
+        }
+    }
+
     /// Ends this poller if there are more than wanted.
     fn retire(&self) -> bool {
         self.pollers
@@ -305,20 +337,30 @@ impl Busy {
             .is_ok()
     }
 
-    fn serve(&self, k: u64) {
+    fn serve(self: &Arc<Self>, k: u64) {
         let (index, generation) = ((k & 0xffff_ffff) as usize, (k >> 32) as u32);
-        let stream = {
+        let taken = {
             let mut slots = self.lock();
             match slots.entries.get_mut(index) {
-                Some(e) if e.generation == generation => {
-                    e.slot.as_mut().and_then(|s| s.stream.take())
-                }
+                Some(e) if e.generation == generation => e
+                    .slot
+                    .as_mut()
+                    .and_then(|s| Some((s.stream.take()?, s.socket))),
                 _ => None,
             }
         };
         // Handed back or closed since the event was queued.
-        let Some(stream) = stream else { return };
-        let result = active::serve_one(&stream, &self.dispatcher, self.io_timeout, false);
+        let Some((stream, socket)) = taken else {
+            return;
+        };
+        let result = active::serve_one(
+            &stream,
+            &self.dispatcher,
+            self.io_timeout,
+            false,
+            socket,
+            &|| self.keep_one_waiting(),
+        );
         let result = match result {
             Ok(Served::Reply) if self.shutdown.load(Ordering::Acquire) => Ok(Served::Closed),
             r => r,

@@ -22,13 +22,25 @@
 //! [[device]]
 //! path = "/dev/loop0"
 //! backend = "emulate"          # reservations in software, on the store below
-//! lu = "shared-disk-1"         # the logical unit's name in the store
+//! lu = "shared-disk-1"         # the LU's name in the store when it has no VPD 0x83 identifier
+//!
+//! [[device]]
+//! id = "naa.6001405a1b2c3d4e5f60718293a4b5c6"  # every device with this VPD page 0x83
+//! backend = "emulate"                          # identifier (found at start-up)
 //!
 //! [emulate]
 //! store = "/var/lib/pr-helper/reservations.db"   # the default
 //! initiator = "iqn.2026-01.com.example:node1"    # default: derived from the socket path
 //! relative_target_port = 1                       # the default
 //! max_registrations = 128                        # the default; at most 1023
+//! max_batch = 256                                # PR OUTs per group commit (1: an fsync each)
+//!
+//! # More listening sockets besides -k, each its own initiator of the emulated devices (a VM
+//! # per socket): a connection on it is that I_T nexus.
+//! [[socket]]
+//! path = "/run/pr-helper/vm2.sock"               # absolute; created like -k
+//! initiator = "iqn.2026-01.com.example:vm2"      # default: derived from the path, as for -k
+//! relative_target_port = 1                       # the default
 //! ```
 //!
 //! Paths are resolved to device numbers when pr-helper starts (the sandbox forbids opening
@@ -43,6 +55,7 @@ use pr_backend::dispatch::Multipath;
 use pr_backend::emulate::identity;
 use pr_backend::sgio::SgIoBackend;
 use pr_backend::{Backend, Dispatcher};
+use pr_engine::Nexus;
 use pr_scsi::transport_id::TransportId;
 use pr_scsi::RelativeTargetPort;
 use pr_store::LuId;
@@ -76,8 +89,8 @@ pub enum DefaultBackend {
     Auto,
     Sgio,
     Blkpr,
-    /// Refused at load: an unnamed device's LU identity would be its VPD page 0x83 identifier,
-    /// which is not implemented yet.
+    /// Every device found at start-up with a VPD page 0x83 identifier is emulated under it;
+    /// the others are served as with `Auto`.
     Emulate,
 }
 
@@ -101,6 +114,16 @@ struct FileFormat {
     #[serde(default, rename = "device")]
     devices: Vec<EntryFormat>,
     emulate: Option<EmulateFormat>,
+    #[serde(default, rename = "socket")]
+    sockets: Vec<SocketFormat>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SocketFormat {
+    path: toml::Spanned<PathBuf>,
+    initiator: Option<String>,
+    relative_target_port: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -110,6 +133,7 @@ struct EmulateFormat {
     initiator: Option<String>,
     relative_target_port: Option<i64>,
     max_registrations: Option<i64>,
+    max_batch: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -117,6 +141,7 @@ struct EmulateFormat {
 struct EntryFormat {
     path: Option<PathBuf>,
     dev: Option<String>,
+    id: Option<String>,
     backend: BackendName,
     lu: Option<String>,
 }
@@ -128,8 +153,41 @@ pub struct DeviceRule {
     pub backend: BackendName,
     /// The emulated logical unit, with `backend = "emulate"`.
     pub lu: Option<LuId>,
+    /// Where `lu` came from ("VPD page 0x83", "configured name"), for the log.
+    pub lu_from: &'static str,
     /// How the file named it, for messages.
     pub named_as: String,
+}
+
+/// One more listening socket (`[[socket]]`), validated: connections on it are the I_T nexus
+/// `initiator` on `relative_target_port` for emulated devices.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SocketRule {
+    /// Where to listen (absolute).
+    pub path: PathBuf,
+    /// The configured initiator; else derived from `path` as for `-k`.
+    pub initiator: Option<TransportId>,
+    /// The configured target port; else 1.
+    pub relative_target_port: Option<RelativeTargetPort>,
+    /// The line of its `path`, for messages.
+    pub line: usize,
+}
+
+impl SocketRule {
+    /// The I_T nexus of connections on this socket.
+    pub fn nexus(&self) -> Nexus {
+        let mut n = match &self.initiator {
+            Some(i) => Nexus {
+                initiator: i.clone(),
+                relative_target_port: identity::DEFAULT_RELATIVE_TARGET_PORT,
+            },
+            None => identity::derived_nexus(&self.path),
+        };
+        if let Some(p) = self.relative_target_port {
+            n.relative_target_port = p;
+        }
+        n
+    }
 }
 
 /// Where the store of the default configuration lives.
@@ -150,7 +208,12 @@ pub struct EmulateSettings {
     pub relative_target_port: Option<RelativeTargetPort>,
     /// The engine's registration limit.
     pub max_registrations: usize,
+    /// Most commands the store commits in one transaction (one fsync).
+    pub max_batch: usize,
 }
+
+/// Largest `max_batch`.
+pub const MAX_BATCH: usize = 4096;
 
 impl Default for EmulateSettings {
     fn default() -> Self {
@@ -159,6 +222,7 @@ impl Default for EmulateSettings {
             initiator: None,
             relative_target_port: None,
             max_registrations: pr_engine::EngineConfig::default().max_registrations,
+            max_batch: pr_store::SqliteOptions::default().max_batch,
         }
     }
 }
@@ -170,6 +234,11 @@ pub struct DeviceConfig {
     pub multipath: MultipathMode,
     pub rules: Vec<DeviceRule>,
     pub emulate: EmulateSettings,
+    /// Listening sockets besides `-k`, in file order.
+    pub sockets: Vec<SocketRule>,
+    /// With `default = "emulate"`: the devices found without a usable identifier (and why),
+    /// which keep the `auto` backend.
+    pub unidentified: Vec<String>,
 }
 
 /// A configuration file that cannot be used.
@@ -193,6 +262,13 @@ pub enum DeviceConfigError {
     Default { path: PathBuf, message: String },
     #[error("{path}: [emulate]: {message}")]
     Emulate { path: PathBuf, message: String },
+    #[error("{path}: [[socket]] entry {index} (line {line}): {message}")]
+    Socket {
+        path: PathBuf,
+        index: usize,
+        line: usize,
+        message: String,
+    },
 }
 
 /// Parses "MAJOR:MINOR".
@@ -244,24 +320,88 @@ impl DeviceConfig {
             path: path.to_path_buf(),
             message: e.to_string().trim_end().to_string(),
         })?;
-        if file.default == DefaultBackend::Emulate {
-            return Err(DeviceConfigError::Default {
-                path: path.to_path_buf(),
-                message: "default = \"emulate\" is not supported yet: a device no entry names \
-                          would be identified by its VPD page 0x83 identifier, which pr-helper \
-                          does not read yet; name each emulated device in a [[device]] entry with \
-                          backend = \"emulate\" and lu = \"NAME\""
-                    .into(),
-            });
-        }
         let emulate = EmulateSettings::parse(file.emulate, path)?;
         let mut rules: Vec<DeviceRule> = Vec::new();
+        // The devices found at start-up and their identifiers, read once when needed.
+        let mut scanned: Option<Vec<Scanned>> = None;
         for (i, e) in file.devices.into_iter().enumerate() {
             let entry_err = |message: String| DeviceConfigError::Entry {
                 path: path.to_path_buf(),
                 index: i + 1,
                 message,
             };
+            if let Some(id) = &e.id {
+                if e.path.is_some() || e.dev.is_some() {
+                    return Err(entry_err(
+                        "give exactly one of path = \"/dev/…\", dev = \"MAJOR:MINOR\" or id = \
+                         \"naa.…\""
+                            .into(),
+                    ));
+                }
+                if e.backend != BackendName::Emulate {
+                    return Err(entry_err(format!(
+                        "id = {id:?} selects devices for backend = \"emulate\" only, not \"{}\"",
+                        e.backend.as_str()
+                    )));
+                }
+                if e.lu.is_some() {
+                    return Err(entry_err(
+                        "with id = …, the logical unit is that identifier; remove lu = …".into(),
+                    ));
+                }
+                let lu =
+                    LuId::new(id.clone()).map_err(|err| entry_err(format!("id = …: {err}")))?;
+                let found: Vec<&Scanned> = scanned
+                    .get_or_insert_with(scan_devices)
+                    .iter()
+                    .filter(|d| {
+                        // Hex digits in either case: "naa.6001405A…" is the same identifier.
+                        d.id.as_ref()
+                            .is_ok_and(|i| i.as_deref().is_some_and(|i| i.eq_ignore_ascii_case(id)))
+                    })
+                    .collect();
+                if found.is_empty() {
+                    let known: Vec<String> = scanned
+                        .iter()
+                        .flatten()
+                        .filter_map(|d| {
+                            Some(format!("{} {}", d.node, d.id.as_ref().ok()?.as_ref()?))
+                        })
+                        .collect();
+                    return Err(entry_err(format!(
+                        "no device present has the VPD page 0x83 identifier {id}; expected one \
+                         of the devices' identifiers ({})",
+                        if known.is_empty() {
+                            "no device has one".to_string()
+                        } else {
+                            known.join(", ")
+                        }
+                    )));
+                }
+                for d in found {
+                    if let Some(prev) = rules.iter().find(|r| r.dev == d.dev) {
+                        return Err(entry_err(format!(
+                            "{} (device {}, identifier {id}) is already configured by the entry \
+                             for {}",
+                            d.node, d.dev, prev.named_as
+                        )));
+                    }
+                    // Named as the device spells it, as with default = "emulate".
+                    let lu =
+                        d.id.as_ref()
+                            .ok()
+                            .and_then(|i| LuId::new(i.clone()?).ok())
+                            .unwrap_or_else(|| lu.clone());
+                    rules.push(DeviceRule {
+                        dev: d.dev,
+                        backend: BackendName::Emulate,
+                        lu: Some(lu),
+                        lu_from: "VPD page 0x83",
+                        named_as: format!("{} (id {id})", d.node),
+                    });
+                }
+                continue;
+            }
             let (dev, named_as, is_block) = match (&e.path, &e.dev) {
                 (Some(p), None) => {
                     let (dev, block) = resolve_path(p).map_err(entry_err)?;
@@ -270,7 +410,9 @@ impl DeviceConfig {
                 (None, Some(d)) => (parse_devnum(d).map_err(entry_err)?, d.clone(), None),
                 _ => {
                     return Err(entry_err(
-                        "give exactly one of path = \"/dev/…\" or dev = \"MAJOR:MINOR\"".into(),
+                        "give exactly one of path = \"/dev/…\", dev = \"MAJOR:MINOR\" or id = \
+                         \"naa.…\""
+                            .into(),
                     ))
                 }
             };
@@ -282,16 +424,45 @@ impl DeviceConfig {
                     "{named_as} is an sg character device; backend \"blkpr\" needs a block device"
                 )));
             }
-            let lu = match (e.backend, e.lu) {
-                (BackendName::Emulate, Some(lu)) => {
-                    Some(LuId::new(lu).map_err(|err| entry_err(format!("lu = …: {err}")))?)
-                }
-                (BackendName::Emulate, None) => {
-                    return Err(entry_err(
-                        "backend \"emulate\" needs lu = \"NAME\", the logical unit's name in \
-                         the store (identification by VPD page 0x83 is not implemented yet)"
-                            .into(),
-                    ))
+            let (lu, lu_from) = match (e.backend, e.lu) {
+                (BackendName::Emulate, configured) => {
+                    // The LU's identity: its VPD page 0x83 identifier, else the configured name.
+                    let node = match &e.path {
+                        Some(p) => p.clone(),
+                        None => dev_node(dev),
+                    };
+                    match read_identifier(&node) {
+                        Ok(Some(id)) => (
+                            Some(LuId::new(id).map_err(|err| {
+                                entry_err(format!(
+                                    "the VPD page 0x83 identifier of {named_as}: {err}"
+                                ))
+                            })?),
+                            "VPD page 0x83",
+                        ),
+                        other => match configured {
+                            Some(lu) => (
+                                Some(
+                                    LuId::new(lu)
+                                        .map_err(|err| entry_err(format!("lu = …: {err}")))?,
+                                ),
+                                "configured name",
+                            ),
+                            None => {
+                                let why = match other {
+                                    Err(e) => e,
+                                    _ => "its VPD page 0x83 names the logical unit by no NAA, \
+                                          EUI-64 or SCSI name string"
+                                        .into(),
+                                };
+                                return Err(entry_err(format!(
+                                    "backend \"emulate\" needs the logical unit's identity: \
+                                     {named_as} has no VPD page 0x83 identifier ({why}); give \
+                                     lu = \"NAME\", its name in the store"
+                                )));
+                            }
+                        },
+                    }
                 }
                 (b, Some(lu)) => {
                     return Err(entry_err(format!(
@@ -299,7 +470,7 @@ impl DeviceConfig {
                         b.as_str()
                     )))
                 }
-                (_, None) => None,
+                (_, None) => (None, ""),
             };
             if let Some(prev) = rules.iter().find(|r| r.dev == dev) {
                 return Err(entry_err(format!(
@@ -311,20 +482,51 @@ impl DeviceConfig {
                 dev,
                 backend: e.backend,
                 lu,
+                lu_from,
                 named_as,
             });
         }
-        Ok(DeviceConfig {
+        let mut unidentified = Vec::new();
+        if file.default == DefaultBackend::Emulate {
+            for d in scanned.get_or_insert_with(scan_devices).iter() {
+                if rules.iter().any(|r| r.dev == d.dev) {
+                    continue;
+                }
+                match &d.id {
+                    Ok(Some(id)) => match LuId::new(id.clone()) {
+                        Ok(lu) => rules.push(DeviceRule {
+                            dev: d.dev,
+                            backend: BackendName::Emulate,
+                            lu: Some(lu),
+                            lu_from: "VPD page 0x83",
+                            named_as: format!("{} (default)", d.node),
+                        }),
+                        Err(e) => unidentified.push(format!("{}: {e}", d.node)),
+                    },
+                    Ok(None) => unidentified.push(format!(
+                        "{}: no NAA, EUI-64 or SCSI name designator",
+                        d.node
+                    )),
+                    Err(e) => unidentified.push(format!("{}: {e}", d.node)),
+                }
+            }
+        }
+        let mut config = DeviceConfig {
             default: file.default,
             multipath: file.multipath,
             rules,
             emulate,
-        })
+            sockets: Vec::new(),
+            unidentified,
+        };
+        config.sockets = parse_sockets(file.sockets, text, path, config.configures_emulate())?;
+        Ok(config)
     }
 
     /// Whether any device is emulated (then the store is opened at start-up).
     pub fn configures_emulate(&self) -> bool {
-        self.rules.iter().any(|r| r.backend == BackendName::Emulate)
+        self.default == DefaultBackend::Emulate
+            || self.rules.iter().any(|r| r.backend == BackendName::Emulate)
     }
 
     /// The emulated devices and their logical units.
@@ -357,7 +559,8 @@ impl DeviceConfig {
             DefaultBackend::Auto => d = d.with_nvme(blkpr_backend.clone()),
             DefaultBackend::Sgio => {}
             DefaultBackend::Blkpr => d = d.with_block_default(blkpr_backend.clone()),
-            DefaultBackend::Emulate => unreachable!("refused by DeviceConfig::parse"),
+            // The emulated devices are rules; every other device is served as with auto.
+            DefaultBackend::Emulate => d = d.with_nvme(blkpr_backend.clone()),
         }
         for r in &self.rules {
             let backend = match (r.backend, &emulate) {
@@ -381,7 +584,7 @@ impl DeviceConfig {
         v.extend(self.rules.iter().map(|r| {
             let lu =
                 r.lu.as_ref()
-                    .map(|lu| format!(", logical unit {lu}"))
+                    .map(|lu| format!(", logical unit {lu} ({})", r.lu_from))
                     .unwrap_or_default();
             format!(
                 "device {} ({}): {}{lu}",
@@ -390,8 +593,158 @@ impl DeviceConfig {
                 r.backend.as_str()
             )
         }));
+        v.extend(
+            self.unidentified
+                .iter()
+                .map(|u| format!("default emulate: not emulated, no identifier: {u}")),
+        );
         v
     }
+}
+
+/// A device found at start-up and its VPD page 0x83 identifier (or why there is none).
+#[derive(Debug)]
+struct Scanned {
+    dev: DevNum,
+    node: String,
+    id: Result<Option<String>, String>,
+}
+
+/// Most devices asked for their identifier at start-up.
+const MAX_SCANNED: usize = 4096;
+
+/// The block devices (not partitions) and sg devices of the machine, from sysfs, each asked
+/// for its identifier (as root, at start-up).
+fn scan_devices() -> Vec<Scanned> {
+    let mut found = Vec::new();
+    for (class, dir) in [
+        ("block", "/sys/class/block"),
+        ("scsi_generic", "/sys/class/scsi_generic"),
+    ] {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            continue;
+        };
+        let mut names: Vec<String> = entries
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .collect();
+        names.sort();
+        for name in names {
+            if found.len() >= MAX_SCANNED {
+                return found;
+            }
+            let sys = Path::new(dir).join(&name);
+            if class == "block" && sys.join("partition").exists() {
+                continue;
+            }
+            let Some(dev) = std::fs::read_to_string(sys.join("dev"))
+                .ok()
+                .and_then(|t| parse_devnum(t.trim()).ok())
+            else {
+                continue;
+            };
+            let node = format!("/dev/{name}");
+            let id = read_identifier(Path::new(&node));
+            found.push(Scanned { dev, node, id });
+        }
+    }
+    found
+}
+
+/// The device node of a device number (udev's /dev/block and /dev/char links).
+fn dev_node(dev: DevNum) -> PathBuf {
+    let kind = if dev.major == SCSI_GENERIC_MAJOR {
+        "char"
+    } else {
+        "block"
+    };
+    PathBuf::from(format!("/dev/{kind}/{}:{}", dev.major, dev.minor))
+}
+
+/// How long start-up waits for one device's INQUIRY.
+const INQUIRY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The VPD page 0x83 identifier of the device at `node` (`Ok(None)`: the page has none that
+/// names the logical unit; `Err`: no page, in words).
+fn read_identifier(node: &Path) -> Result<Option<String>, String> {
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(node)
+        .map_err(|e| format!("cannot open {}: {e}", node.display()))?;
+    pr_backend::emulate::vpd::read_lu_identifier(f.as_fd(), INQUIRY_TIMEOUT)
+        .map(|d| d.map(|d| d.name))
+}
+
+/// Validates the `[[socket]]` entries; `text` gives their line numbers.
+fn parse_sockets(
+    entries: Vec<SocketFormat>,
+    text: &str,
+    path: &Path,
+    emulates: bool,
+) -> Result<Vec<SocketRule>, DeviceConfigError> {
+    let mut rules: Vec<SocketRule> = Vec::new();
+    for (i, e) in entries.into_iter().enumerate() {
+        let line = text
+            .get(..e.path.span().start)
+            .map_or(0, |t| t.matches('\n').count() + 1);
+        let err = |message: String| DeviceConfigError::Socket {
+            path: path.to_path_buf(),
+            index: i + 1,
+            line,
+            message,
+        };
+        let socket = e.path.into_inner();
+        if !emulates {
+            return Err(err(
+                "a [[socket]] entry gives emulated devices another initiator, but no [[device]] has backend = \"emulate\""
+                    .into(),
+            ));
+        }
+        if !socket.is_absolute() || socket.file_name().is_none() {
+            return Err(err(format!(
+                "path = \"{}\" must be an absolute path of a socket file, e.g. \
+                 \"/run/pr-helper/vm2.sock\"",
+                socket.display()
+            )));
+        }
+        let initiator = e
+            .initiator
+            .map(|i| identity::parse_initiator(&i))
+            .transpose()
+            .map_err(|e| err(e.to_string()))?;
+        let relative_target_port = e
+            .relative_target_port
+            .map(identity::parse_relative_target_port)
+            .transpose()
+            .map_err(|e| err(e.to_string()))?;
+        let rule = SocketRule {
+            path: socket,
+            initiator,
+            relative_target_port,
+            line,
+        };
+        if let Some(prev) = rules.iter().find(|r| r.path == rule.path) {
+            return Err(err(format!(
+                "path = \"{}\" is already the socket of line {}",
+                rule.path.display(),
+                prev.line
+            )));
+        }
+        if let Some(prev) = rules.iter().find(|r| r.nexus() == rule.nexus()) {
+            return Err(err(format!(
+                "initiator {} on relative target port {} is already the socket {} (line {}); \
+                 expected a different initiator or relative_target_port for each socket",
+                rule.nexus().initiator,
+                rule.nexus().relative_target_port.0,
+                prev.path.display(),
+                prev.line
+            )));
+        }
+        rules.push(rule);
+    }
+    Ok(rules)
 }
 
 impl EmulateSettings {
@@ -426,6 +779,17 @@ impl EmulateSettings {
                     err(format!(
                         "max_registrations = {m} is out of range; expected 1 to \
                          {MAX_REGISTRATIONS} (READ KEYS must fit in 8192 bytes)"
+                    ))
+                })?;
+        }
+        if let Some(b) = t.max_batch {
+            s.max_batch = usize::try_from(b)
+                .ok()
+                .filter(|b| (1..=MAX_BATCH).contains(b))
+                .ok_or_else(|| {
+                    err(format!(
+                        "max_batch = {b} is out of range; expected 1 (one fsync per command) \
+                         to {MAX_BATCH}"
                     ))
                 })?;
         }
@@ -469,6 +833,7 @@ mod tests {
                 },
                 backend: BackendName::Blkpr,
                 lu: None,
+                lu_from: "",
                 named_as: "8:16".into()
             }]
         );
@@ -540,6 +905,9 @@ mod tests {
         );
         assert_eq!(c.emulate.relative_target_port, Some(RelativeTargetPort(2)));
         assert_eq!(c.emulate.max_registrations, 16);
+        assert_eq!(c.emulate.max_batch, 256);
+        let c = parse("[emulate]\nmax_batch = 1\n").unwrap();
+        assert_eq!(c.emulate.max_batch, 1);
         let d = parse("").unwrap();
         assert!(!d.configures_emulate());
         assert_eq!(d.emulate.store, Path::new(DEFAULT_STORE));
@@ -547,12 +915,106 @@ mod tests {
     }
 
     #[test]
+    fn extra_sockets_and_their_mistakes() {
+        let dev = "[[device]]\ndev = \"7:0\"\nbackend = \"emulate\"\nlu = \"d\"\n";
+        let c = parse(&format!(
+            "{dev}[[socket]]\npath = \"/run/a.sock\"\ninitiator = \"iqn.2026-01.com.example:a\"\n\
+             [[socket]]\npath = \"/run/b.sock\"\nrelative_target_port = 7\n"
+        ))
+        .unwrap();
+        assert_eq!(c.sockets.len(), 2);
+        assert_eq!((c.sockets[0].line, c.sockets[1].line), (6, 9));
+        assert_eq!(
+            c.sockets[0].nexus(),
+            Nexus {
+                initiator: TransportId::Iscsi {
+                    name: "iqn.2026-01.com.example:a".into(),
+                    isid: None
+                },
+                relative_target_port: RelativeTargetPort(1)
+            }
+        );
+        let b = c.sockets[1].nexus();
+        assert_eq!(b.relative_target_port, RelativeTargetPort(7));
+        assert_eq!(b, {
+            let mut n = identity::derived_nexus(Path::new("/run/b.sock"));
+            n.relative_target_port = RelativeTargetPort(7);
+            n
+        });
+        let e = parse("[[socket]]\npath = \"/run/a.sock\"\n").unwrap_err();
+        assert_eq!(
+            e,
+            "/etc/pr-helper.toml: [[socket]] entry 1 (line 2): a [[socket]] entry gives \
+             emulated devices another initiator, but no [[device]] has backend = \"emulate\""
+        );
+        let e = parse(&format!("{dev}[[socket]]\npath = \"a.sock\"\n")).unwrap_err();
+        assert!(
+            e.contains("[[socket]] entry 1 (line 6): path = \"a.sock\" must be an absolute path"),
+            "{e}"
+        );
+        let e = parse(&format!(
+            "{dev}[[socket]]\npath = \"/run/a.sock\"\n[[socket]]\npath = \"/run/a.sock\"\n"
+        ))
+        .unwrap_err();
+        assert!(
+            e.contains("[[socket]] entry 2 (line 8): path = \"/run/a.sock\" is already the socket of line 6"),
+            "{e}"
+        );
+        let e = parse(&format!(
+            "{dev}[[socket]]\npath = \"/run/a.sock\"\ninitiator = \"iqn.2026-01.com.example:x\"\n\
+             [[socket]]\npath = \"/run/b.sock\"\ninitiator = \"iqn.2026-01.com.example:x\"\n"
+        ))
+        .unwrap_err();
+        assert!(
+            e.contains(
+                "[[socket]] entry 2 (line 9): initiator iSCSI name iqn.2026-01.com.example:x on \
+                 relative target port 1 is already the socket /run/a.sock (line 6)"
+            ),
+            "{e}"
+        );
+        let e = parse(&format!(
+            "{dev}[[socket]]\npath = \"/run/a.sock\"\ninitiator = \"VM 1\"\n"
+        ))
+        .unwrap_err();
+        assert!(
+            e.contains("[[socket]] entry 1 (line 6): initiator = \"VM 1\" is not an iSCSI name"),
+            "{e}"
+        );
+        let e = parse(&format!(
+            "{dev}[[socket]]\npath = \"/run/a.sock\"\nrelative_target_port = 70000\n"
+        ))
+        .unwrap_err();
+        assert!(
+            e.contains(
+                "(line 6): relative_target_port = 70000 is out of range; expected 1 to 65535"
+            ),
+            "{e}"
+        );
+        let e = parse(&format!(
+            "{dev}[[socket]]\ninitiator = \"iqn.2026-01.a:b\"\n"
+        ))
+        .unwrap_err();
+        assert!(e.contains("missing field `path`"), "{e}");
+        let e = parse(&format!(
+            "{dev}[[socket]]\npath = \"/run/a.sock\"\nport = 1\n"
+        ))
+        .unwrap_err();
+        assert!(e.contains("unknown field `port`"), "{e}");
+    }
+
+    #[test]
     fn emulate_mistakes_are_named() {
+        // The host has no SCSI device: 7:0 (a loop device or nothing) has no VPD page 0x83.
         let e = parse("[[device]]\ndev = \"7:0\"\nbackend = \"emulate\"").unwrap_err();
         assert!(
             e.starts_with(
-                "/etc/pr-helper.toml: [[device]] entry 1: backend \"emulate\" needs lu = \"NAME\""
+                "/etc/pr-helper.toml: [[device]] entry 1: backend \"emulate\" needs the logical \
+                 unit's identity: 7:0 has no VPD page 0x83 identifier ("
             ),
+            "{e}"
+        );
+        assert!(
+            e.ends_with("give lu = \"NAME\", its name in the store"),
             "{e}"
         );
         let e = parse("[[device]]\ndev = \"7:0\"\nbackend = \"emulate\"\nlu = \" x\"").unwrap_err();
@@ -567,12 +1029,40 @@ mod tests {
             e.contains("entry 1: lu = \"x\" is only for backend = \"emulate\", not \"sgio\""),
             "{e}"
         );
-        let e = parse("default = \"emulate\"").unwrap_err();
+        // default = "emulate" opens the store; the host's devices have no identifier, so none
+        // is emulated and each is named in the log.
+        let c = parse("default = \"emulate\"").unwrap();
+        assert!(c.configures_emulate());
+        assert!(c.emulated_units().is_empty());
+        assert!(c
+            .describe()
+            .iter()
+            .skip(1)
+            .all(|l| l.starts_with("default emulate: not emulated, no identifier: /dev/")));
+        let id = "naa.6001405000000000000000000000abcd";
+        let e = parse(&format!("[[device]]\nid = \"{id}\"\nbackend = \"emulate\"")).unwrap_err();
         assert!(
-            e.starts_with("/etc/pr-helper.toml: default = \"emulate\" is not supported yet"),
+            e.starts_with(&format!(
+                "/etc/pr-helper.toml: [[device]] entry 1: no device present has the VPD page \
+                 0x83 identifier {id}; expected one of the devices' identifiers (no device has one)"
+            )),
             "{e}"
         );
-        assert!(e.contains("VPD page 0x83"), "{e}");
+        let e = parse(&format!(
+            "[[device]]\nid = \"{id}\"\npath = \"/dev/null\"\nbackend = \"emulate\""
+        ))
+        .unwrap_err();
+        assert!(e.contains("give exactly one of path"), "{e}");
+        let e = parse(&format!("[[device]]\nid = \"{id}\"\nbackend = \"sgio\"")).unwrap_err();
+        assert!(
+            e.contains("selects devices for backend = \"emulate\" only, not \"sgio\""),
+            "{e}"
+        );
+        let e = parse(&format!(
+            "[[device]]\nid = \"{id}\"\nbackend = \"emulate\"\nlu = \"x\""
+        ))
+        .unwrap_err();
+        assert!(e.contains("remove lu"), "{e}");
         let e = parse("[emulate]\ninitiator = \"node1\"").unwrap_err();
         assert!(
             e.starts_with(
@@ -593,6 +1083,11 @@ mod tests {
         let e = parse("[emulate]\nmax_registrations = 5000").unwrap_err();
         assert!(
             e.contains("[emulate]: max_registrations = 5000 is out of range; expected 1 to 1023"),
+            "{e}"
+        );
+        let e = parse("[emulate]\nmax_batch = 0").unwrap_err();
+        assert!(
+            e.contains("[emulate]: max_batch = 0 is out of range; expected 1 (one fsync per command) to 4096"),
             "{e}"
         );
         let e = parse("[emulate]\npath = \"/x\"").unwrap_err();

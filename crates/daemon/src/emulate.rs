@@ -10,7 +10,7 @@ use std::thread::JoinHandle;
 use pr_backend::emulate::{identity, EmulateBackend};
 use pr_backend::Backend;
 use pr_engine::{EngineConfig, Nexus};
-use pr_store::{SqliteStore, Store, StoreError};
+use pr_store::{SqliteOptions, SqliteStore, Store, StoreError};
 
 use crate::cli::SeccompMode;
 use crate::devices::DeviceConfig;
@@ -35,6 +35,17 @@ pub enum EmulateError {
          the [emulate] table of --config"
     )]
     NoSocketPath,
+    #[error(
+        "--config: [[socket]] entry {index} (line {line}): initiator {initiator} on relative \
+         target port {port} is already the -k socket's; expected another initiator or \
+         relative_target_port"
+    )]
+    SameInitiator {
+        index: usize,
+        line: usize,
+        initiator: String,
+        port: u16,
+    },
     #[error("cannot start the store thread")]
     Thread(#[source] std::io::Error),
     #[error("cannot install the store thread's seccomp filter: {0}")]
@@ -133,12 +144,26 @@ impl Emulation {
         if let Some(port) = settings.relative_target_port {
             nexus.relative_target_port = port;
         }
-        let (store, store_thread) = open_on_store_thread(settings.store.clone(), seccomp)?;
+        let extra: Vec<Nexus> = devices.sockets.iter().map(|s| s.nexus()).collect();
+        if let Some((i, n)) = extra.iter().enumerate().find(|(_, n)| **n == nexus) {
+            return Err(EmulateError::SameInitiator {
+                index: i + 1,
+                line: devices.sockets[i].line,
+                initiator: n.initiator.to_string(),
+                port: n.relative_target_port.0,
+            });
+        }
+        let options = SqliteOptions {
+            max_batch: settings.max_batch,
+            ..SqliteOptions::default()
+        };
+        let (store, store_thread) = open_on_store_thread(settings.store.clone(), options, seccomp)?;
         let config = EngineConfig {
             max_registrations: settings.max_registrations,
             ..EngineConfig::default()
         };
-        let backend = EmulateBackend::new(store, nexus, config, devices.emulated_units());
+        let backend =
+            EmulateBackend::new(store, nexus, config, devices.emulated_units()).with_sockets(extra);
         tracing::info!(
             "emulate: {} logical unit(s) on the store {}, as initiator {} on relative target \
              port {}; {FENCING_WARNING}",
@@ -147,6 +172,14 @@ impl Emulation {
             backend.nexus().initiator,
             backend.nexus().relative_target_port.0,
         );
+        for (s, n) in devices.sockets.iter().zip(&backend.nexuses()[1..]) {
+            tracing::info!(
+                "emulate: connections on {} are initiator {} on relative target port {}",
+                s.path.display(),
+                n.initiator,
+                n.relative_target_port.0
+            );
+        }
         Ok(Some(Emulation {
             backend: Arc::new(backend),
             store_thread,
@@ -178,6 +211,7 @@ const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 /// and keeps a reference until [`Emulation::close`], so that the store is closed there.
 fn open_on_store_thread(
     path: PathBuf,
+    options: SqliteOptions,
     seccomp: SeccompMode,
 ) -> Result<(Arc<dyn Store>, StoreThread), EmulateError> {
     let (opened, store) = mpsc::sync_channel::<Result<Arc<SqliteStore>, EmulateError>>(1);
@@ -189,7 +223,7 @@ fn open_on_store_thread(
                 let _ = opened.send(Err(EmulateError::Seccomp(e.to_string())));
                 return;
             }
-            let store = match SqliteStore::open(&path) {
+            let store = match SqliteStore::open_with(&path, options) {
                 Ok(s) => Arc::new(s),
                 Err(e) => {
                     let _ = opened.send(Err(e.into()));

@@ -52,9 +52,36 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         tracing::warn!("cannot limit malloc arenas; a new thread may trip the seccomp filter");
     }
     let (listener, socket_file) = listener::listen(&config.socket)?.into_parts();
-    listener
-        .set_nonblocking(true)
-        .map_err(DaemonError::Runtime)?;
+    let mut socket_files = vec![socket_file];
+    let mut listeners = vec![listener];
+    for (i, s) in config.devices.sockets.iter().enumerate() {
+        if matches!(&config.socket, cli::SocketSource::Path(p) if *p == s.path) {
+            socket_files.iter().for_each(listener::SocketFile::cleanup);
+            return Err(listener::ListenError::SameAsMain {
+                path: s.path.clone(),
+                index: i + 1,
+                line: s.line,
+            }
+            .into());
+        }
+        match listener::bind(&s.path) {
+            Ok(b) => {
+                let (l, f) = b.into_parts();
+                listeners.push(l);
+                socket_files.push(f);
+            }
+            Err(e) => {
+                socket_files.iter().for_each(listener::SocketFile::cleanup);
+                return Err(e.into());
+            }
+        }
+    }
+    let cleanup =
+        |files: &[listener::SocketFile]| files.iter().for_each(listener::SocketFile::cleanup);
+    for l in &listeners {
+        l.set_nonblocking(true).map_err(DaemonError::Runtime)?;
+    }
+    let listener = &listeners[0];
     if config.daemonize {
         process::daemonize()?;
     }
@@ -86,7 +113,7 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         .and_then(|a| a.as_pathname().map(std::path::Path::to_path_buf));
     let emulation =
         emulate::Emulation::start(&config.devices, socket_path.as_deref(), config.seccomp)
-            .inspect_err(|_| socket_file.cleanup())?;
+            .inspect_err(|_| cleanup(&socket_files))?;
     let dispatcher = Arc::new(config.devices.dispatcher(
         sgio,
         multipath,
@@ -94,7 +121,7 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
     ));
     // Before the runtime: its threads inherit the filter (the multipath and store threads have
     // their own).
-    seccomp::install(config.seccomp)?;
+    seccomp::install(config.seccomp, emulation.is_some())?;
     process::notify_ready();
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -105,7 +132,7 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         .build()
         .map_err(DaemonError::Runtime)?;
     let result = runtime.block_on(async {
-        server::serve(listener, dispatcher.clone(), &config)
+        server::serve(listeners, dispatcher.clone(), &config)
             .await
             .map_err(DaemonError::Runtime)
     });
@@ -114,6 +141,6 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
     if let Some(e) = emulation {
         e.close();
     }
-    socket_file.cleanup();
+    cleanup(&socket_files);
     result
 }

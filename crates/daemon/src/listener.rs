@@ -20,6 +20,15 @@ pub enum ListenError {
     NotASocket(PathBuf),
     #[error("Failed to use socket activation: {0}")]
     Activation(String),
+    #[error(
+        "--config: [[socket]] entry {index} (line {line}): path = \"{}\" is the -k socket; \
+         expected another path", path.display()
+    )]
+    SameAsMain {
+        path: PathBuf,
+        index: usize,
+        line: usize,
+    },
 }
 
 /// A listener, and the path to remove on exit when we created it.
@@ -59,7 +68,8 @@ pub fn listen(source: &SocketSource) -> Result<Bound, ListenError> {
     }
 }
 
-fn bind(path: &Path) -> Result<Bound, ListenError> {
+/// Listens on `path`, replacing a stale socket there (never another kind of file).
+pub fn bind(path: &Path) -> Result<Bound, ListenError> {
     let err = |source| ListenError::Bind {
         path: path.to_path_buf(),
         source,

@@ -16,6 +16,8 @@
 //! server's list afterwards without TSYNC, so neither store thread gets it, and no other thread
 //! gets theirs. The store thread then waits for the end of the daemon and drops the store last
 //! (closing SQLite checkpoints the WAL), under its own list.
+//! With emulated devices the server's list also has pread64: the store answers PR IN on the
+//! serving thread from its reader connection (see [`store_reader_extra`]).
 //!
 //! Opening files is never needed after start-up, but libc and std probe CPU and cgroup files
 //! from new threads (to size malloc arenas or thread pools). Those opens fail with EACCES — the
@@ -266,10 +268,29 @@ fn mismatch_action(mode: SeccompMode) -> SeccompAction {
     }
 }
 
-fn program(mode: SeccompMode) -> Result<BpfProgram, SeccompError> {
+/// What the threads serving requests need beyond [`allowed`] when devices are emulated: the
+/// store answers PR IN on the thread that received it (pr-store's fast path, on its reader
+/// connection), and reading a committed state reads database and WAL pages with pread64. The
+/// reader never writes (it never extends the -shm file either: only a writer does), and the
+/// rest it does (fcntl locks on the -shm file, fstat, mmap of the WAL index) is in
+/// [`allowed`]. pread64 lets these threads read at any offset of any descriptor they hold, as
+/// `read` already lets them at the current offset.
+fn store_reader_extra() -> Vec<i64> {
+    vec![libc::SYS_pread64]
+}
+
+fn program(mode: SeccompMode, store_reads: bool) -> Result<BpfProgram, SeccompError> {
     let err = |e: &dyn std::fmt::Display| SeccompError(e.to_string());
-    let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
-        allowed().into_iter().map(|s| (s, vec![])).collect();
+    let extra = if store_reads {
+        store_reader_extra()
+    } else {
+        Vec::new()
+    };
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = allowed()
+        .into_iter()
+        .chain(extra)
+        .map(|s| (s, vec![]))
+        .collect();
     let ioctl_rule = |req: u64| -> Result<SeccompRule, SeccompError> {
         let cond = SeccompCondition::new(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, req)
             .map_err(|e| err(&e))?;
@@ -310,13 +331,14 @@ fn program(mode: SeccompMode) -> Result<BpfProgram, SeccompError> {
 }
 
 /// Installs the server's filters on the calling thread (the main thread, before the runtime
-/// starts its threads, which inherit them).
-pub fn install(mode: SeccompMode) -> Result<(), SeccompError> {
+/// starts its threads, which inherit them). `store_reads`: devices are emulated, so serving
+/// threads read the store's files ([`store_reader_extra`]).
+pub fn install(mode: SeccompMode, store_reads: bool) -> Result<(), SeccompError> {
     if mode == SeccompMode::None {
         tracing::warn!("seccomp filter disabled (--seccomp=none)");
         return Ok(());
     }
-    let prog = program(mode)?;
+    let prog = program(mode, store_reads)?;
     let opens = deny_opens()?;
     // The open filter goes first: once the allow-list is in, seccomp(2) itself is forbidden.
     seccompiler::apply_filter(&opens).map_err(|e| SeccompError(e.to_string()))?;
@@ -336,8 +358,8 @@ mod tests {
 
     #[test]
     fn programs_build() {
-        assert!(!program(SeccompMode::Kill).unwrap().is_empty());
-        assert!(!program(SeccompMode::Log).unwrap().is_empty());
+        assert!(!program(SeccompMode::Kill, false).unwrap().is_empty());
+        assert!(!program(SeccompMode::Log, true).unwrap().is_empty());
         assert!(!deny_opens().unwrap().is_empty());
         assert!(!thread_program(SeccompMode::Kill, multipath_extra())
             .unwrap()

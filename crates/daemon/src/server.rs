@@ -24,13 +24,19 @@ use crate::busy::Busy;
 use crate::Config;
 
 /// Serves until a termination signal, then waits for connections to finish their requests.
-/// The listener must already be non-blocking (set before the seccomp filter forbids FIONBIO).
+/// `listeners[0]` is the main socket, the others the configured extra ones (a connection
+/// carries its listener's index to the backend). They must already be non-blocking (set
+/// before the seccomp filter forbids FIONBIO).
 pub async fn serve(
-    listener: std::os::unix::net::UnixListener,
+    listeners: Vec<std::os::unix::net::UnixListener>,
     dispatcher: Arc<Dispatcher>,
     config: &Config,
 ) -> io::Result<()> {
-    let listener = UnixListener::from_std(listener)?;
+    let listeners = listeners
+        .into_iter()
+        .map(UnixListener::from_std)
+        .collect::<io::Result<Vec<_>>>()?;
+    let mut next_first = 0usize;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     // Every connection task holds a clone; when all are dropped, recv() returns None.
     let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
@@ -50,8 +56,8 @@ pub async fn serve(
             _ = hup.recv() => break,
         };
         let stream = tokio::select! {
-            r = listener.accept() => match r {
-                Ok((s, _)) => s,
+            (r, socket) = accept_any(&listeners, &mut next_first) => match r {
+                Ok(s) => (s, socket),
                 Err(e) => {
                     // EMFILE/ENFILE and friends: log, back off briefly, keep serving.
                     warn!("accept failed: {e}");
@@ -63,8 +69,10 @@ pub async fn serve(
             _ = int.recv() => break,
             _ = hup.recv() => break,
         };
+        let (stream, socket) = stream;
         let conn = Connection {
             stream,
+            socket,
             shutdown: shutdown_rx.clone(),
             io_timeout,
             busy: busy.clone(),
@@ -79,7 +87,7 @@ pub async fn serve(
         });
     }
     info!("terminating: no new connections; finishing requests in flight");
-    drop(listener);
+    drop(listeners);
     let _ = shutdown_tx.send(true);
     busy.begin_shutdown();
     drop(done_tx);
@@ -87,8 +95,29 @@ pub async fn serve(
     Ok(())
 }
 
+/// The next connection on any of `listeners`, with its listener's index. The listener asked
+/// first rotates, so a busy socket cannot starve the others.
+async fn accept_any(
+    listeners: &[UnixListener],
+    first: &mut usize,
+) -> (io::Result<UnixStream>, usize) {
+    let n = listeners.len();
+    let start = *first % n.max(1);
+    *first = start + 1;
+    std::future::poll_fn(|cx| {
+        for i in (0..n).map(|k| (start + k) % n) {
+            if let std::task::Poll::Ready(r) = listeners[i].poll_accept(cx) {
+                return std::task::Poll::Ready((r.map(|(s, _)| s), i));
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
+}
+
 struct Connection {
     stream: UnixStream,
+    socket: usize,
     shutdown: watch::Receiver<bool>,
     io_timeout: Duration,
     busy: Arc<Busy>,
@@ -107,7 +136,7 @@ impl Connection {
                 r = stream.readable() => r?,
                 _ = shutdown.wait_for(|s| *s) => return Ok(()),
             }
-            let turn = self.busy.join(stream.into_std()?, first)?;
+            let turn = self.busy.join(stream.into_std()?, first, self.socket)?;
             first = false;
             match turn.await {
                 Ok(Turn::Quiet(s)) => stream = UnixStream::from_std(s)?,

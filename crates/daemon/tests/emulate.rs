@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use common::*;
+use pr_backend::emulate::identity::derived_initiator_name;
 use pr_client::Client;
 use pr_proto::Reply;
 use pr_scsi::Status;
@@ -394,14 +395,16 @@ fn bad_emulate_configurations_and_stores_stop_the_start_naming_the_input() {
             lo.path.display()
         ),
     );
-    assert_eq!(
-        run(&cfg),
-        format!(
-            "pr-helper: --config: {}: [[device]] entry 1: backend \"emulate\" needs lu = \
-             \"NAME\", the logical unit's name in the store (identification by VPD page 0x83 is \
-             not implemented yet)\n",
-            cfg.display()
-        )
+    // A loop device answers no INQUIRY (SG_IO is EINVAL there): no VPD page 0x83, no lu.
+    let e = run(&cfg);
+    assert!(
+        e.starts_with(&format!(
+            "pr-helper: --config: {}: [[device]] entry 1: backend \"emulate\" needs the logical \
+             unit's identity: {} has no VPD page 0x83 identifier (INQUIRY through SG_IO failed: ",
+            cfg.display(),
+            lo.path.display()
+        )) && e.ends_with("; give lu = \"NAME\", its name in the store\n"),
+        "{e}"
     );
     let db = store.path().join("reservations.db");
     let cfg = emulate_config(store.path(), &lo, &db, "initiator = \"Node 1\"\n");
@@ -506,5 +509,201 @@ fn a_store_that_cannot_execute_answers_logical_unit_communication_failure() {
     assert!(
         log.contains("the store failed for logical unit disk0") && log.contains("stayed locked"),
         "{log}"
+    );
+}
+
+/// iSCSI TransportID, format 00b (SPC-4 §7.6.4.6, table "iSCSI TransportID format"): byte 0
+/// FORMAT CODE 00b and PROTOCOL IDENTIFIER 5h, byte 1 reserved, bytes 2–3 ADDITIONAL LENGTH,
+/// then the iSCSI name, NUL-terminated and padded with NULs to a multiple of 4 bytes.
+fn iscsi_transport_id(name: &str) -> Vec<u8> {
+    let mut body = name.as_bytes().to_vec();
+    body.push(0);
+    while !body.len().is_multiple_of(4) {
+        body.push(0);
+    }
+    let mut t = vec![0x05, 0x00];
+    t.extend_from_slice(&(body.len() as u16).to_be_bytes());
+    t.extend_from_slice(&body);
+    t
+}
+
+/// READ FULL STATUS (SPC-4 §6.15.5): per descriptor the key, the RELATIVE TARGET PORT
+/// IDENTIFIER (bytes 18–19) and the TransportID (after the 24-byte header), in list order.
+fn full_status(r: &Reply) -> Vec<(u64, u16, Vec<u8>)> {
+    assert_eq!(r.status, Status::GOOD);
+    let d = &r.data;
+    let len = u32::from_be_bytes(d[4..8].try_into().unwrap()) as usize;
+    assert_eq!(d.len(), 8 + len);
+    let mut out = Vec::new();
+    let mut at = 8;
+    while at < d.len() {
+        let key = u64::from_be_bytes(d[at..at + 8].try_into().unwrap());
+        let port = u16::from_be_bytes([d[at + 18], d[at + 19]]);
+        let tid_len = u32::from_be_bytes(d[at + 20..at + 24].try_into().unwrap()) as usize;
+        out.push((key, port, d[at + 24..at + 24 + tid_len].to_vec()));
+        at += 24 + tid_len;
+    }
+    out
+}
+
+/// One daemon, three sockets: `-k` and two `[[socket]]` entries (one with a configured
+/// initiator, one with its initiator derived from its path and relative target port 2). Each
+/// is its own I_T nexus: they see each other's registrations, conflict, and one preempts the
+/// other, which gets the unit attention; READ FULL STATUS names each nexus.
+#[test]
+fn several_sockets_of_one_daemon_are_initiators_that_fence_each_other() {
+    let store = store_dir();
+    let lo = LoopDevice::new();
+    let db = store.path().join("reservations.db");
+    let vm2 = store.path().join("vm2.sock");
+    let vm3 = store.path().join("vm3.sock");
+    let cfg = emulate_config(
+        store.path(),
+        &lo,
+        &db,
+        &format!(
+            "\n[[socket]]\npath = \"{}\"\ninitiator = \"iqn.2026-01.com.example:vm2\"\n\n\
+             [[socket]]\npath = \"{}\"\nrelative_target_port = 2\n",
+            vm2.display(),
+            vm3.display()
+        ),
+    );
+    let log = store.path().join("log");
+    let mut h = start_at(&store.path().join("vm1.sock"), &cfg, &log);
+    // All three exist once -k does (bound before it is announced).
+    assert!(vm2.exists() && vm3.exists());
+    let dev = lo.open(true);
+    let mut c1 = Client::connect(&h.socket).unwrap();
+    let mut c2 = Client::connect(&vm2).unwrap();
+    let mut c3 = Client::connect(&vm3).unwrap();
+    for (c, key) in [(&mut c1, 0x1111), (&mut c2, 0x2222), (&mut c3, 0x3333)] {
+        assert_eq!(prout(c, &dev, REGISTER, 0, 0, key).status, Status::GOOD);
+    }
+    assert_eq!(
+        prout(&mut c1, &dev, RESERVE, WRITE_EXCLUSIVE, 0x1111, 0).status,
+        Status::GOOD
+    );
+    // vm2 sees every key (generation 3) and its RESERVE conflicts with vm1's reservation.
+    let r = read_keys(&mut c2, &dev);
+    assert_eq!(&r.data[..8], [0, 0, 0, 3, 0, 0, 0, 24]);
+    assert_eq!(
+        prout(&mut c2, &dev, RESERVE, WRITE_EXCLUSIVE, 0x2222, 0).status,
+        Status::RESERVATION_CONFLICT
+    );
+    // READ FULL STATUS names the three nexuses.
+    let r = c3
+        .execute(
+            dev.as_fd(),
+            &cdb(&[0x5e, 0x03, 0, 0, 0, 0, 0, 0x10, 0x00, 0]),
+            &[],
+        )
+        .unwrap();
+    // Sockets without a configured initiator get the one derived from their path (the
+    // derivation has its own tests in pr-backend's identity.rs).
+    let vm1_name = derived_initiator_name(&h.socket);
+    let vm3_name = derived_initiator_name(&vm3);
+    assert_ne!(vm1_name, vm3_name);
+    assert_eq!(
+        full_status(&r),
+        [
+            (0x1111, 1, iscsi_transport_id(&vm1_name)),
+            (0x2222, 1, iscsi_transport_id("iqn.2026-01.com.example:vm2")),
+            (0x3333, 2, iscsi_transport_id(&vm3_name)),
+        ]
+    );
+    // vm2 fences vm1: PREEMPT vm1's key, vm2 holds WRITE EXCLUSIVE (generation 4).
+    assert_eq!(
+        prout(&mut c2, &dev, PREEMPT, WRITE_EXCLUSIVE, 0x2222, 0x1111).status,
+        Status::GOOD
+    );
+    let r = read_reservation(&mut c3, &dev);
+    assert_eq!(
+        r.data,
+        [0, 0, 0, 4, 0, 0, 0, 0x10, 0, 0, 0, 0, 0, 0, 0x22, 0x22, 0, 0, 0, 0, 0, 0x01, 0, 0]
+    );
+    // vm1 gets UNIT ATTENTION, REGISTRATIONS PREEMPTED (06h/2Ah/05h) once, then its key is
+    // gone; vm3, not preempted, gets none.
+    let r = read_keys(&mut c1, &dev);
+    assert_eq!(
+        (r.status, sense(&r)),
+        (Status::CHECK_CONDITION, (0x06, 0x2a, 0x05))
+    );
+    let r = read_keys(&mut c1, &dev);
+    assert_eq!(
+        r.data,
+        [0, 0, 0, 4, 0, 0, 0, 16, 0, 0, 0, 0, 0, 0, 0x22, 0x22, 0, 0, 0, 0, 0, 0, 0x33, 0x33]
+    );
+    assert_eq!(
+        prout(&mut c1, &dev, RESERVE, WRITE_EXCLUSIVE, 0x1111, 0).status,
+        Status::RESERVATION_CONFLICT
+    );
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains(&format!(
+            "emulate: connections on {} are initiator iSCSI name iqn.2026-01.com.example:vm2 \
+             on relative target port 1",
+            vm2.display()
+        )),
+        "{text}"
+    );
+    drop((c1, c2, c3));
+    assert_eq!(h.signal_and_wait(libc::SIGTERM).code(), Some(0));
+    // Every socket file is removed at exit (the directory is the dropped user's here).
+    assert!(!vm2.exists() && !vm3.exists() && !h.socket.exists());
+}
+
+/// Extra sockets that cannot work stop the start, naming the entry and its line, and leave no
+/// socket behind.
+#[test]
+fn bad_socket_entries_stop_the_start() {
+    let store = store_dir();
+    let lo = LoopDevice::new();
+    let db = store.path().join("reservations.db");
+    let main = store.path().join("main.sock");
+    let run = |extra: &str| {
+        let cfg = emulate_config(store.path(), &lo, &db, extra);
+        let out = Command::new(our_helper())
+            .arg("-k")
+            .arg(&main)
+            .arg("--config")
+            .arg(&cfg)
+            .args(["-u", "nobody", "-g", "nogroup"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        assert!(!main.exists());
+        let left: Vec<_> = std::fs::read_dir(store.path())
+            .unwrap()
+            .filter_map(|e| {
+                let n = e.unwrap().file_name().into_string().unwrap();
+                n.ends_with(".sock").then_some(n)
+            })
+            .collect();
+        assert!(left.is_empty(), "sockets left: {left:?}");
+        String::from_utf8(out.stderr).unwrap()
+    };
+    // The emulate config ends at line 7; here the [[socket]] table's path is on line 10.
+    let e = run(&format!("\n[[socket]]\npath = \"{}\"\n", main.display()));
+    assert!(
+        e.starts_with(&format!(
+            "pr-helper: --config: [[socket]] entry 1 (line 10): path = \"{}\" is the -k \
+             socket; expected another path\n",
+            main.display()
+        )),
+        "{e}"
+    );
+    let other = store.path().join("other.sock");
+    let e = run(&format!(
+        "initiator = \"iqn.2026-01.com.example:a\"\n\n[[socket]]\npath = \"{}\"\n\
+         initiator = \"iqn.2026-01.com.example:a\"\n",
+        other.display()
+    ));
+    assert!(
+        e.starts_with(
+            "pr-helper: cannot start the emulate backend: --config: [[socket]] entry 1 (line \
+             11): initiator iSCSI name iqn.2026-01.com.example:a on relative target port 1 is \
+             already the -k socket's; expected another initiator or relative_target_port\n"
+        ),
+        "{e}"
     );
 }

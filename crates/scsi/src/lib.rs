@@ -12,6 +12,7 @@ pub mod prin;
 pub mod sense;
 pub mod status;
 pub mod transport_id;
+pub mod vpd;
 
 pub use cdb::{PrInCdb, PrOutCdb, ReservationType, Scope, ServiceActionIn, ServiceActionOut};
 pub use ids::{Generation, RelativeTargetPort, ReservationKey};

@@ -31,6 +31,10 @@ pub enum ErrorKind {
     InvalidState,
     /// The store was shut down (its writer thread is gone).
     Closed,
+    /// The store was opened read-only and the operation would write.
+    ReadOnly,
+    /// The store cannot do the operation as one atomic transaction.
+    Unsupported,
 }
 
 /// Why a store operation failed. Each variant names the input that was wrong: the database
@@ -135,6 +139,20 @@ pub enum StoreError {
         /// The database file.
         path: PathBuf,
     },
+    /// The store was opened read-only ([`crate::SqliteStore::open_read_only`]).
+    #[error("the store database {} is open read-only: cannot {operation}", path.display())]
+    ReadOnly {
+        /// The database file.
+        path: PathBuf,
+        /// What would have written.
+        operation: &'static str,
+    },
+    /// The store cannot do the operation atomically, so it did nothing.
+    #[error("this store cannot {operation} in one atomic transaction; nothing was written")]
+    Unsupported {
+        /// The operation.
+        operation: &'static str,
+    },
 }
 
 fn for_lu(lu: &Option<LuId>) -> String {
@@ -155,6 +173,8 @@ impl StoreError {
             StoreError::CorruptState { .. } => ErrorKind::CorruptState,
             StoreError::InvalidState { .. } => ErrorKind::InvalidState,
             StoreError::Closed { .. } => ErrorKind::Closed,
+            StoreError::ReadOnly { .. } => ErrorKind::ReadOnly,
+            StoreError::Unsupported { .. } => ErrorKind::Unsupported,
         }
     }
 }

@@ -58,4 +58,21 @@ pub trait Store: Send + Sync {
 
     /// Replaces the state of `lu` by `state`, after [`LogicalUnit::check_invariants`].
     fn import(&self, lu: &LuId, state: &LogicalUnit) -> Result<(), StoreError>;
+
+    /// Replaces the states of several logical units as one atomic transaction: all of them
+    /// or, on any error, none (every state is checked with [`LogicalUnit::check_invariants`]
+    /// first). A logical unit named twice is [`StoreError::InvalidState`].
+    ///
+    /// The default imports zero or one logical unit with [`Store::import`] and refuses more
+    /// with [`StoreError::Unsupported`] (writing nothing); a store that can write several
+    /// keys in one transaction overrides it.
+    fn import_all(&self, states: &[(LuId, LogicalUnit)]) -> Result<(), StoreError> {
+        match states {
+            [] => Ok(()),
+            [(lu, state)] => self.import(lu, state),
+            _ => Err(StoreError::Unsupported {
+                operation: "import several logical units",
+            }),
+        }
+    }
 }

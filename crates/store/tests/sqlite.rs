@@ -398,3 +398,102 @@ fn commands_queued_behind_a_lock_are_committed_in_one_batch() {
     assert_eq!(state.generation.0, THREADS);
     assert_eq!(keys(&state), (1..=u64::from(THREADS)).collect::<Vec<_>>());
 }
+
+/// Several logical units imported in one transaction: when the database refuses the second
+/// (a trigger here, standing for any failure of the write), the first is not written either;
+/// without the trigger both are; a state breaking an invariant or a logical unit named twice
+/// writes nothing.
+#[test]
+fn import_all_is_all_or_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pr.db");
+    let s = SqliteStore::open(&path).unwrap();
+    let (a, b) = (LuId::new("lu-a").unwrap(), LuId::new("lu-b").unwrap());
+    register(&s, &a, 1, 0x11, 0);
+    register(&s, &a, 2, 0x22, 0);
+    let state = s.load(&a).unwrap().unwrap();
+    s.clear(&a).unwrap();
+    let other = Connection::open(&path).unwrap();
+    other
+        .execute_batch(
+            "CREATE TRIGGER refuse_b BEFORE INSERT ON logical_units WHEN NEW.lu_id = 'lu-b'
+             BEGIN SELECT RAISE(ABORT, 'lu-b refused by the test'); END;",
+        )
+        .unwrap();
+    let both = [(a.clone(), state.clone()), (b.clone(), state.clone())];
+    let e = s.import_all(&both).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Database, "{e}");
+    assert_eq!(
+        s.load(&a).unwrap(),
+        None,
+        "the first logical unit was written"
+    );
+    assert!(s.list().unwrap().is_empty());
+    other.execute_batch("DROP TRIGGER refuse_b").unwrap();
+    s.import_all(&both).unwrap();
+    assert_eq!(s.list().unwrap(), [a.clone(), b.clone()]);
+    assert_eq!(s.load(&b).unwrap().unwrap(), state);
+    // Checked before anything is written.
+    let mut broken = state.clone();
+    broken.registrants[1].key = ReservationKey(0);
+    let c = LuId::new("lu-c").unwrap();
+    let e = s
+        .import_all(&[(c.clone(), state.clone()), (a.clone(), broken)])
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidState, "{e}");
+    assert!(e.to_string().contains("lu-a"), "{e}");
+    let e = s
+        .import_all(&[(c.clone(), state.clone()), (c.clone(), state.clone())])
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidState, "{e}");
+    assert_eq!(s.load(&c).unwrap(), None);
+    assert_eq!(s.list().unwrap(), [a, b]);
+}
+
+/// A store opened read-only reads what is there (PR IN included), writes nothing, and
+/// refuses every write with a ReadOnly error naming the file.
+#[test]
+fn a_read_only_store_reads_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pr.db");
+    let lu = lu();
+    {
+        let s = SqliteStore::open(&path).unwrap();
+        register(&s, &lu, 1, 0x11, 0);
+    }
+    let before = std::fs::read(&path).unwrap();
+    let r = SqliteStore::open_read_only(&path).unwrap();
+    assert_eq!(r.list().unwrap(), std::slice::from_ref(&lu));
+    assert_eq!(r.load(&lu).unwrap().unwrap().generation.0, 1);
+    let o = r
+        .execute(&lu, &nexus(2), &pr_in(READ_KEYS, 64), &[], &config())
+        .unwrap();
+    assert_eq!(
+        o.reply.data,
+        [0, 0, 0, 1, 0, 0, 0, 8, 0, 0, 0, 0, 0, 0, 0, 0x11]
+    );
+    let e = r.power_loss(&lu).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::ReadOnly);
+    assert!(e.to_string().contains(&path.display().to_string()), "{e}");
+    let e = r
+        .execute(
+            &lu,
+            &nexus(2),
+            &pr_out(REGISTER, 0),
+            &basic(0, 0x22, 0),
+            &config(),
+        )
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::ReadOnly);
+    drop(r);
+    assert_eq!(std::fs::read(&path).unwrap(), before);
+    // An empty file holds no logical unit; a missing one is an open error.
+    let empty = dir.path().join("empty.db");
+    std::fs::write(&empty, b"").unwrap();
+    let r = SqliteStore::open_read_only(&empty).unwrap();
+    assert!(r.list().unwrap().is_empty());
+    assert_eq!(r.load(&lu).unwrap(), None);
+    assert_eq!(std::fs::read(&empty).unwrap(), b"");
+    let e = SqliteStore::open_read_only(dir.path().join("missing.db")).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Open);
+}

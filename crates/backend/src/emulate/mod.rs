@@ -1,14 +1,15 @@
 //! The `emulate` backend: persistent reservations answered by the SPC-4 engine (pr-engine) on
 //! a durable store (pr-store), with no device I/O at all. The device the client sent only
 //! tells which emulated logical unit the command is for (by its device number, from the
-//! configuration); the initiator is the helper's own ([`identity`]), since QEMU's protocol
-//! names none.
+//! configuration); the initiator is the one of the helper socket the request came through
+//! ([`identity`]), since QEMU's protocol names none.
 //!
 //! Reservations emulated here are honoured by cluster software that asks for them, but they
 //! do not stop a fenced VM's writes: QEMU writes to the device itself. Fencing I/O needs the
 //! engine on the I/O path (pr-target).
 
 pub mod identity;
+pub mod vpd;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -25,7 +26,8 @@ use crate::{Backend, BackendError, Device, PrRequest};
 /// Answers PR IN/OUT from the store's state of the logical unit configured for the device.
 pub struct EmulateBackend {
     store: Arc<dyn Store>,
-    nexus: Nexus,
+    /// The I_T nexus of each listening socket, by [`PrRequest::socket`].
+    nexuses: Vec<Nexus>,
     config: EngineConfig,
     units: HashMap<DevNum, LuId>,
 }
@@ -33,7 +35,7 @@ pub struct EmulateBackend {
 impl std::fmt::Debug for EmulateBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EmulateBackend")
-            .field("nexus", &self.nexus)
+            .field("nexuses", &self.nexuses)
             .field("config", &self.config)
             .field("units", &self.units)
             .finish_non_exhaustive()
@@ -41,7 +43,8 @@ impl std::fmt::Debug for EmulateBackend {
 }
 
 impl EmulateBackend {
-    /// A backend on `store` for the devices of `units`, as the initiator `nexus`.
+    /// A backend on `store` for the devices of `units`, as the initiator `nexus` (on the main
+    /// socket, 0).
     pub fn new(
         store: Arc<dyn Store>,
         nexus: Nexus,
@@ -50,15 +53,27 @@ impl EmulateBackend {
     ) -> EmulateBackend {
         EmulateBackend {
             store,
-            nexus,
+            nexuses: vec![nexus],
             config,
             units,
         }
     }
 
-    /// The initiator this helper is.
+    /// The initiators of sockets 1, 2, …: a request through socket `i` is `nexuses[i - 1]`.
+    pub fn with_sockets(mut self, nexuses: impl IntoIterator<Item = Nexus>) -> EmulateBackend {
+        self.nexuses.truncate(1);
+        self.nexuses.extend(nexuses);
+        self
+    }
+
+    /// The initiator of the main socket.
     pub fn nexus(&self) -> &Nexus {
-        &self.nexus
+        &self.nexuses[0]
+    }
+
+    /// The initiator of each socket, the main one first.
+    pub fn nexuses(&self) -> &[Nexus] {
+        &self.nexuses
     }
 }
 
@@ -78,6 +93,12 @@ impl Backend for EmulateBackend {
         "emulate"
     }
 
+    /// PR OUT goes to the store's writer, which commits every command queued with it in one
+    /// transaction: the more arrive together, the fewer fsyncs.
+    fn waits_for_company(&self, request: &PrRequest<'_>) -> bool {
+        request.header.cdb[0] == pr_scsi::PERSISTENT_RESERVE_OUT
+    }
+
     fn execute(&self, device: &Device<'_>, request: &PrRequest<'_>) -> Result<Reply, BackendError> {
         let Some(lu) = device.kind.dev().and_then(|d| self.units.get(&d)) else {
             warn!(
@@ -89,11 +110,17 @@ impl Backend for EmulateBackend {
                 SenseCode::LOGICAL_UNIT_NOT_SUPPORTED.to_fixed(),
             ));
         };
+        let Some(nexus) = self.nexuses.get(request.socket) else {
+            return Err(BackendError::Unavailable {
+                backend: "emulate",
+                reason: format!("no initiator is configured for socket {}", request.socket),
+            });
+        };
         let outcome = self
             .store
             .execute(
                 lu,
-                &self.nexus,
+                nexus,
                 &request.header.cdb,
                 request.parameters,
                 &self.config,
@@ -145,6 +172,7 @@ mod tests {
                 &PrRequest {
                     header: &register,
                     parameters: &params,
+                    socket: 0,
                 },
             )
             .unwrap();
@@ -157,6 +185,7 @@ mod tests {
                 &PrRequest {
                     header: &read_keys,
                     parameters: &[],
+                    socket: 0,
                 },
             )
             .unwrap();
@@ -171,6 +200,7 @@ mod tests {
                 &PrRequest {
                     header: &read_keys,
                     parameters: &[],
+                    socket: 0,
                 },
             )
             .unwrap();

@@ -7,7 +7,13 @@
 //! processes never interleave between the read and the write. Group commit: the commands of
 //! one process go to one writer thread, which applies everything queued (up to
 //! [`SqliteOptions::max_batch`]) in one transaction and one fsync, then answers each.
+//!
+//! PR IN fast path: a PERSISTENT RESERVE IN is first run on the reader connection against the
+//! committed state ([`reader`]), without the writer thread. Only when the engine says it
+//! changes the state (it reports a pending unit attention, which clears it) is it handed to
+//! the writer, which runs it again under the write lock.
 
+mod reader;
 mod schema;
 mod writer;
 
@@ -56,6 +62,8 @@ pub struct Statistics {
     pub applied: u64,
     /// Write transactions committed (each one fsync of the WAL).
     pub transactions: u64,
+    /// PR IN commands answered from the committed state without the writer (the fast path).
+    pub read_only: u64,
 }
 
 /// The shared counters behind [`Statistics`].
@@ -64,6 +72,7 @@ pub(crate) struct Counters {
     pub queued: AtomicU64,
     pub applied: AtomicU64,
     pub transactions: AtomicU64,
+    pub read_only: AtomicU64,
 }
 
 /// The SQLite store (see the module documentation). Dropping it lets the writer thread finish
@@ -72,11 +81,15 @@ pub(crate) struct Counters {
 pub struct SqliteStore {
     path: PathBuf,
     busy_timeout: Duration,
-    /// Reads (`load`, `list`); WAL readers never wait for the writer.
-    reader: Mutex<Connection>,
+    /// Reads (`load`, `list`, the PR IN fast path); WAL readers never wait for the writer.
+    reader: Mutex<reader::Reader>,
     jobs: Option<mpsc::Sender<Job>>,
     counters: Arc<Counters>,
     writer: Option<JoinHandle<()>>,
+    /// Opened with [`SqliteStore::open_read_only`]: no writer.
+    read_only: bool,
+    /// Read-only on a database without our schema yet: it holds no logical unit.
+    empty: bool,
 }
 
 impl SqliteStore {
@@ -110,10 +123,33 @@ impl SqliteStore {
         Ok(SqliteStore {
             path,
             busy_timeout,
-            reader: Mutex::new(reader),
+            reader: Mutex::new(reader::Reader::new(reader)),
             jobs: Some(jobs),
             counters,
             writer: Some(writer),
+            read_only: false,
+            empty: false,
+        })
+    }
+
+    /// Opens the existing store at `path` read-only, for a caller that only reads (`load`,
+    /// `list`, PR IN) and may not be able to write the file: nothing is written, no writer
+    /// thread is started, and every operation that would write fails with
+    /// [`StoreError::ReadOnly`]. A corrupt, foreign or newer file is refused as by
+    /// [`SqliteStore::open`]; an older schema too (it needs migrating, read-write).
+    pub fn open_read_only(path: impl AsRef<Path>) -> Result<SqliteStore, StoreError> {
+        let path = path.as_ref().to_owned();
+        let options = SqliteOptions::default();
+        let (conn, empty) = schema::open_read_only(&path, &options)?;
+        Ok(SqliteStore {
+            path,
+            busy_timeout: options.busy_timeout,
+            reader: Mutex::new(reader::Reader::new(conn)),
+            jobs: None,
+            counters: Arc::new(Counters::default()),
+            writer: None,
+            read_only: true,
+            empty,
         })
     }
 
@@ -129,10 +165,22 @@ impl SqliteStore {
             queued: c.queued.load(Ordering::Relaxed),
             applied: c.applied.load(Ordering::Relaxed),
             transactions: c.transactions.load(Ordering::Relaxed),
+            read_only: c.read_only.load(Ordering::Relaxed),
         }
     }
 
     fn submit(&self, lu: &LuId, op: Op) -> Result<Answer, StoreError> {
+        if self.read_only {
+            return Err(StoreError::ReadOnly {
+                path: self.path.clone(),
+                operation: match op {
+                    Op::Execute { .. } => "execute a command that changes the state",
+                    Op::PowerLoss => "power-cycle a logical unit",
+                    Op::Clear => "clear a logical unit",
+                    Op::Import(_) | Op::ImportAll(_) => "import",
+                },
+            });
+        }
         let closed = || StoreError::Closed {
             path: self.path.clone(),
         };
@@ -170,6 +218,26 @@ impl Store for SqliteStore {
         params: &[u8],
         config: &EngineConfig,
     ) -> Result<Outcome, StoreError> {
+        if cdb.first() == Some(&pr_scsi::PERSISTENT_RESERVE_IN) {
+            let state = if self.empty {
+                None
+            } else {
+                self.reader
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .committed_state(&self.path, lu, self.busy_timeout)?
+            };
+            let outcome = match state.as_deref() {
+                Some(s) => s.execute(nexus, cdb, params, config),
+                None => LogicalUnit::default().execute(nexus, cdb, params, config),
+            };
+            if !outcome.changed() {
+                self.counters.read_only.fetch_add(1, Ordering::Relaxed);
+                return Ok(outcome);
+            }
+            // It reports (and so clears) a unit attention: a write, decided again under the
+            // write lock on the state then current.
+        }
         let op = Op::Execute {
             nexus: nexus.clone(),
             cdb: cdb.to_vec(),
@@ -183,12 +251,19 @@ impl Store for SqliteStore {
     }
 
     fn load(&self, lu: &LuId) -> Result<Option<LogicalUnit>, StoreError> {
-        let conn = self.reader.lock().unwrap_or_else(PoisonError::into_inner);
-        read_state(&conn, &self.path, lu, self.busy_timeout)
+        if self.empty {
+            return Ok(None);
+        }
+        let reader = self.reader.lock().unwrap_or_else(PoisonError::into_inner);
+        read_state(reader.connection(), &self.path, lu, self.busy_timeout)
     }
 
     fn list(&self) -> Result<Vec<LuId>, StoreError> {
-        let conn = self.reader.lock().unwrap_or_else(PoisonError::into_inner);
+        if self.empty {
+            return Ok(Vec::new());
+        }
+        let reader = self.reader.lock().unwrap_or_else(PoisonError::into_inner);
+        let conn = reader.connection();
         let err = |e| {
             sqlite_error(
                 &self.path,
@@ -231,6 +306,28 @@ impl Store for SqliteStore {
                 reason,
             })?;
         self.submit(lu, Op::Import(state.clone())).map(drop)
+    }
+
+    fn import_all(&self, states: &[(LuId, LogicalUnit)]) -> Result<(), StoreError> {
+        let mut seen = std::collections::HashSet::new();
+        for (lu, state) in states {
+            if !seen.insert(lu) {
+                return Err(StoreError::InvalidState {
+                    lu: lu.clone(),
+                    reason: "the logical unit is named twice".into(),
+                });
+            }
+            state
+                .check_invariants()
+                .map_err(|reason| StoreError::InvalidState {
+                    lu: lu.clone(),
+                    reason,
+                })?;
+        }
+        let Some((first, _)) = states.first() else {
+            return Ok(());
+        };
+        self.submit(first, Op::ImportAll(states.to_vec())).map(drop)
     }
 }
 

@@ -94,6 +94,73 @@ pub(crate) fn open_with(
     Ok(conn)
 }
 
+/// Opens an existing `path` read-only (nothing is written: no journal mode, no schema set up or
+/// migrated). `Ok((conn, true))` for a database without our schema yet (an empty file), which
+/// holds no logical unit; an older schema is refused (it must be migrated, read-write).
+pub(crate) fn open_read_only(
+    path: &Path,
+    options: &SqliteOptions,
+) -> Result<(Connection, bool), StoreError> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let open_err = |e| StoreError::Open {
+        path: path.to_owned(),
+        source: Arc::new(e),
+    };
+    let mut conn = Connection::open_with_flags(path, flags).map_err(open_err)?;
+    // A WAL database needs its -shm file. When there is none and SQLite may not create it
+    // (the user cannot write the directory), no connection has the database open (an open
+    // one keeps the -wal file), so the file is read as it is on disk: immutable.
+    let probe = conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0));
+    if let Err(rusqlite::Error::SqliteFailure(e, _)) = &probe {
+        let no_shm = matches!(
+            e.extended_code,
+            rusqlite::ffi::SQLITE_READONLY_DIRECTORY | rusqlite::ffi::SQLITE_READONLY_CANTINIT
+        );
+        let mut wal = path.as_os_str().to_owned();
+        wal.push("-wal");
+        if no_shm && !Path::new(&wal).exists() {
+            drop(conn);
+            conn = Connection::open_with_flags(
+                format!("file:{}?immutable=1", uri_path(path)),
+                flags | OpenFlags::SQLITE_OPEN_URI,
+            )
+            .map_err(open_err)?;
+        }
+    }
+    conn.busy_timeout(options.busy_timeout).map_err(|e| {
+        sqlite_error(
+            path,
+            None,
+            "setting the busy timeout",
+            options.busy_timeout,
+            e,
+        )
+    })?;
+    match inspect(&conn, path, options, MIGRATIONS.len() as i64)? {
+        Found::Empty => Ok((conn, true)),
+        Found::Store(v) if v == SCHEMA_VERSION => Ok((conn, false)),
+        Found::Store(_) => Err(StoreError::ReadOnly {
+            path: path.to_owned(),
+            operation: "migrate its older schema (open it read-write once, e.g. with pr-helper)",
+        }),
+    }
+}
+
+/// `path` for a `file:` URI: every byte but unreserved ones and '/' percent-encoded.
+fn uri_path(path: &Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    path.as_os_str()
+        .as_bytes()
+        .iter()
+        .map(|&b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'/' | b'-' | b'.' | b'_' | b'~' => {
+                char::from(b).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 /// Recognises the file: empty, ours at some version ≤ `newest`, or an error naming `path`.
 fn inspect(
     conn: &Connection,

@@ -33,6 +33,9 @@ pub(crate) enum Op {
     Clear,
     /// [`crate::Store::import`] (invariants already checked).
     Import(LogicalUnit),
+    /// [`crate::Store::import_all`] (invariants checked, each logical unit once): the job's
+    /// own `lu` is not used.
+    ImportAll(Vec<(LuId, LogicalUnit)>),
 }
 
 /// What a job is answered with once its batch is durable.
@@ -108,6 +111,20 @@ fn apply(
     let mut slots: HashMap<&LuId, Slot> = HashMap::new();
     let mut answers = Vec::with_capacity(batch.len());
     for job in batch {
+        if let Op::ImportAll(states) = &job.op {
+            // Replaces whatever is stored, readable or not: nothing to read first.
+            for (lu, state) in states {
+                slots.insert(
+                    lu,
+                    Slot {
+                        state: Some(state.clone()),
+                        dirty: true,
+                    },
+                );
+            }
+            answers.push(Ok(Answer::Done));
+            continue;
+        }
         let slot = match slots.get_mut(&job.lu) {
             Some(slot) => slot,
             None => match read_state(&tx, &ctx.path, &job.lu, timeout) {
@@ -189,5 +206,6 @@ fn step(slot: &mut Slot, op: &Op) -> Answer {
             slot.dirty = true;
             Answer::Done
         }
+        Op::ImportAll(_) => unreachable!("applied by apply"),
     }
 }

@@ -5,17 +5,16 @@
 //! for the departures listed below, each one a clause of SPC-4 where LIO departs from it and
 //! the engine follows it (docs/emulation.md).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use pr_engine::{Access, CommandClass, LogicalUnit, Nexus};
 use pr_scsi::transport_id::TransportId;
-use pr_scsi::RelativeTargetPort;
 use pr_store::{LuId, SqliteStore, Store};
 
 use crate::helpers::{Binaries, Helper};
-use crate::lio::{self, Lio};
+use crate::lio::Lio;
 use crate::run::Answer;
-use crate::scenario::{Fabric, HelperKind};
+use crate::scenario::HelperKind;
 
 /// Where the LIO reference and the emulated LU are answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,9 +58,9 @@ fn service_action(cdb: &[u8; 16]) -> u8 {
 pub const DEPARTURES: &[Departure] = &[
     Departure {
         name: "unregistered RESERVE/RELEASE/CLEAR/REGISTER AND MOVE",
-        clause: "SPC-4 §5.13.9 Reserving, §5.13.11.2 Releasing, §5.13.11.3 Clearing, §5.13.8 \
-                 Registering and moving the reservation: RESERVATION CONFLICT (LIO: CHECK \
-                 CONDITION 02/08/00 LOGICAL UNIT COMMUNICATION FAILURE)",
+        clause: "SPC-4 §5.13.9 Reserving, §5.13.11.2 Releasing/Clearing, §5.13.8 Registering \
+                 and moving the reservation: RESERVATION CONFLICT (LIO: CHECK CONDITION 02/08/00 \
+                 LOGICAL UNIT COMMUNICATION FAILURE)",
         matches: |cdb, lio, emu| {
             cdb[0] == PR_OUT
                 && matches!(service_action(cdb), 1 | 2 | 3 | 7)
@@ -108,6 +107,39 @@ pub const DEPARTURES: &[Departure] = &[
                 && emu.data[2] & 0x10 == 0
         },
     },
+    Departure {
+        name: "field pointer in ILLEGAL REQUEST sense data",
+        clause: "SPC-4 §4.5.2.4.2 Field pointer sense key specific data: the engine sets SKSV \
+                 and points at the CDB or parameter list byte and bit in error (C/D, BPV); \
+                 LIO sets no sense key specific data. Sense key, ASC and ASCQ identical",
+        matches: |_, lio, emu| {
+            // Fixed format (response code 70h): SKSV is byte 15 bit 7, the field pointer
+            // bytes 15-17 (SPC-4 table "Fixed format sense data").
+            let pad = |s: &[u8]| {
+                let mut v = s.to_vec();
+                v.resize(v.len().max(18), 0);
+                v
+            };
+            let (l, e) = (pad(&lio.sense), pad(&emu.sense));
+            let without_sks = |v: &[u8]| {
+                let mut v = v.to_vec();
+                v[15..18].fill(0);
+                let end = v.iter().rposition(|b| *b != 0).map_or(0, |p| p + 1);
+                v.truncate(end);
+                v
+            };
+            lio.status == CHECK
+                && emu.status == CHECK
+                && l[0] & 0x7f == 0x70
+                && e[0] & 0x7f == 0x70
+                && l[2] & 0x0f == 0x05
+                && l[15..18] == [0, 0, 0]
+                && e[15] & 0x80 != 0
+                && without_sks(&l) == without_sks(&e)
+                && lio.data.is_empty()
+                && emu.data.is_empty()
+        },
+    },
 ];
 
 /// The departure this pair of different replies is, if any.
@@ -126,70 +158,90 @@ pub struct Emulation {
     store: Option<SqliteStore>,
 }
 
-/// Initiator `i`'s TransportID as LIO reports it, in the daemon's `initiator =` syntax.
-fn transport_id(fabric: Fabric, index: usize, i: usize) -> Result<String, String> {
-    Ok(match fabric {
-        // tcm_loop: the nexus WWN naa.<16 hex digits> is a SAS address (protocol 6).
-        Fabric::Loopback => format!("sas:0x{}", lio::initiator_wwn(i).trim_start_matches("naa.")),
-        // iSCSI: LIO names the initiator port, format 01b: the name and the session's ISID.
-        Fabric::Iscsi => format!(
-            "{},i,0x{}",
-            lio::iscsi::initiator_name(i),
-            lio::iscsi::session_isid(index, i)?
-        ),
-    })
-}
-
-/// The RELATIVE TARGET PORT identifier LIO reports for `dev` in its Device Identification VPD
-/// page (0x83): designator type 4, association 01b (target port), SPC-4 §7.8.6.6.
-pub fn relative_target_port(dev: &Path) -> Result<u16, String> {
-    let out = crate::bounded("sg_vpd")
-        .args(["--page=0x83", "--raw"])
-        .arg(dev)
-        .output()
-        .map_err(|e| format!("sg_vpd: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "sg_vpd --page=0x83 {} failed: {}",
-            dev.display(),
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    rtpi_from_vpd83(&out.stdout).ok_or_else(|| {
-        format!(
-            "{}: VPD page 0x83 has no relative target port designator",
-            dev.display()
-        )
-    })
-}
-
-fn rtpi_from_vpd83(page: &[u8]) -> Option<u16> {
-    if page.len() < 4 || page[1] != 0x83 {
-        return None;
-    }
-    let end = (4 + usize::from(u16::from_be_bytes([page[2], page[3]]))).min(page.len());
-    let mut off = 4;
-    while off + 4 <= end {
-        let len = usize::from(page[off + 3]);
-        let body = page.get(off + 4..off + 4 + len)?;
-        let (assoc, kind) = ((page[off + 1] >> 4) & 3, page[off + 1] & 0xf);
-        if kind == 4 && assoc == 1 && len == 4 {
-            return Some(u16::from_be_bytes([body[2], body[3]]));
+/// A TransportID in the daemon's `initiator =` syntax (crates/backend/src/emulate/identity.rs).
+fn config_syntax(t: &TransportId) -> Result<String, String> {
+    let hex = |b: &[u8; 8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    Ok(match t {
+        TransportId::Sas { sas_address } => format!("sas:0x{}", hex(sas_address)),
+        TransportId::Fc { n_port_name } => format!("fc:0x{}", hex(n_port_name)),
+        TransportId::Iscsi { name, isid: None } => name.clone(),
+        TransportId::Iscsi {
+            name,
+            isid: Some(i),
+        } => format!("{name},i,0x{}", i.to_ascii_lowercase()),
+        other => {
+            return Err(format!(
+                "LIO reported a TransportID we cannot configure: {other}"
+            ))
         }
-        off += 4 + len;
+    })
+}
+
+/// Each initiator's I_T nexus as LIO itself names it: every initiator registers a key of its
+/// own on the scratch LU `scratch` (straight on the device, sg_raw), and LIO's READ FULL
+/// STATUS gives each key's TransportID and relative target port (SPC-4 §6.14.5). So the
+/// emulation sees the very nexuses LIO sees (over iSCSI: format 01b with the session's ISID).
+fn lio_nexuses(lio: &Lio, scratch: usize) -> Result<Vec<Nexus>, String> {
+    let key = |i: usize| 0x5c5c_0000_0000_0000u64 + i as u64 + 1;
+    for (i, devs) in lio.devices.iter().enumerate() {
+        let mut cdb = [0u8; 16];
+        cdb[0] = PR_OUT;
+        cdb[8] = 24; // PARAMETER LIST LENGTH (bytes 5-8): REGISTER
+        let mut data = vec![0u8; 24];
+        data[8..16].copy_from_slice(&key(i).to_be_bytes());
+        let a = crate::run::via_sg_raw(&devs[scratch], &pr_ctl::Operation::Raw { cdb, data })?;
+        if a.status != GOOD {
+            return Err(format!(
+                "I{}: REGISTER on the scratch LU {}: {}",
+                i + 1,
+                devs[scratch].display(),
+                a.describe()
+            ));
+        }
     }
-    None
+    let mut cdb = [0u8; 16];
+    cdb[0] = PR_IN;
+    cdb[1] = 3; // READ FULL STATUS
+    cdb[7] = 0x10; // ALLOCATION LENGTH 4096
+    let dev = &lio.devices[0][scratch];
+    let a = crate::run::via_sg_raw(
+        dev,
+        &pr_ctl::Operation::Raw {
+            cdb,
+            data: Vec::new(),
+        },
+    )?;
+    let full = pr_scsi::prin::FullStatus::decode(&a.data)
+        .map_err(|e| format!("READ FULL STATUS of {}: {e}", dev.display()))?;
+    (0..lio.devices.len())
+        .map(|i| {
+            full.descriptors
+                .iter()
+                .find(|d| d.key.0 == key(i))
+                .map(|d| Nexus {
+                    initiator: d.transport_id.clone(),
+                    relative_target_port: d.relative_target_port,
+                })
+                .ok_or_else(|| {
+                    format!(
+                        "LIO's READ FULL STATUS has no registration of I{}: {}",
+                        i + 1,
+                        a.describe()
+                    )
+                })
+        })
+        .collect()
 }
 
 impl Emulation {
     /// Starts one emulate daemon per initiator on a fresh store, each with its initiator's
-    /// device of LU `lu_index` mapped to the emulated LU named after the scenario.
+    /// device of LU `lu_index` mapped to the emulated LU named after the scenario, and the
+    /// nexus LIO names on the scratch LU `scratch`.
     pub fn start(
         name: &str,
         lio: &Lio,
-        fabric: Fabric,
-        index: usize,
         lu_index: usize,
+        scratch: usize,
         bins: &Binaries,
     ) -> Result<(Emulation, Vec<Helper>), String> {
         // A directory of its own that does not exist yet: the daemon creates it for nobody.
@@ -197,17 +249,16 @@ impl Emulation {
         let _ = std::fs::remove_dir_all(&dir);
         let store_path = dir.join("store.db");
         let lu = LuId::new(format!("lab-{name}")).map_err(|e| e.to_string())?;
+        let nexuses = lio_nexuses(lio, scratch)?;
         let mut helpers = Vec::new();
-        let mut nexuses = Vec::new();
-        for (i, devs) in lio.devices.iter().enumerate() {
-            let dev = &devs[lu_index];
-            let tid = transport_id(fabric, index, i)?;
-            let rtpi = relative_target_port(dev)?;
+        for (i, (devs, nexus)) in lio.devices.iter().zip(&nexuses).enumerate() {
             let config = format!(
                 "[[device]]\npath = \"{}\"\nbackend = \"emulate\"\nlu = \"{lu}\"\n\n\
-                 [emulate]\nstore = \"{}\"\ninitiator = \"{tid}\"\nrelative_target_port = {rtpi}\n",
-                dev.display(),
-                store_path.display()
+                 [emulate]\nstore = \"{}\"\ninitiator = \"{}\"\nrelative_target_port = {}\n",
+                devs[lu_index].display(),
+                store_path.display(),
+                config_syntax(&nexus.initiator)?,
+                nexus.relative_target_port.0
             );
             helpers.push(Helper::start(
                 HelperKind::Ours,
@@ -215,10 +266,6 @@ impl Emulation {
                 &format!("{name}-i{}", i + 1),
                 Some(&config),
             )?);
-            nexuses.push(Nexus {
-                initiator: lab_transport_id(&tid)?,
-                relative_target_port: RelativeTargetPort(rtpi),
-            });
         }
         Ok((
             Emulation {
@@ -296,25 +343,6 @@ impl Emulation {
     }
 }
 
-/// The daemon's `initiator =` syntax back into a TransportID (the daemon validates it itself;
-/// this is only the lab's own record of what it configured).
-fn lab_transport_id(tid: &str) -> Result<TransportId, String> {
-    if let Some(h) = tid.strip_prefix("sas:0x") {
-        let v = u64::from_str_radix(h, 16).map_err(|e| format!("{tid}: {e}"))?;
-        return Ok(TransportId::Sas {
-            sas_address: v.to_be_bytes(),
-        });
-    }
-    let (name, isid) = match tid.split_once(",i,0x") {
-        Some((n, i)) => (n, Some(i.to_string())),
-        None => (tid, None),
-    };
-    Ok(TransportId::Iscsi {
-        name: name.to_string(),
-        isid,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -346,6 +374,28 @@ mod tests {
 
     fn rc_of() -> [u8; 16] {
         cdb(PR_IN, 2)
+    }
+
+    #[test]
+    fn field_pointer_departure_is_only_the_sense_key_specific_bytes() {
+        // LIO: 05/24/00 without SKS; the engine: the same with SKSV, C/D=1, byte 1 bit 4.
+        let lio = fixed(5, 0x24, 0);
+        let mut emu = fixed(5, 0x24, 0);
+        emu[15] = 0x80 | 0x40 | 0x08 | 4;
+        emu[17] = 1;
+        let c = cdb(PR_IN, 9);
+        let a = |s: &[u8]| ans(CHECK, s, &[]);
+        assert_eq!(
+            departure(&c, &a(&lio), &a(&emu)).map(|d| d.name),
+            Some("field pointer in ILLEGAL REQUEST sense data")
+        );
+        // Another ASC, or LIO with a field pointer of its own, is no departure.
+        let mut other = emu.clone();
+        other[12] = 0x26;
+        assert!(departure(&c, &a(&lio), &a(&other)).is_none());
+        assert!(departure(&c, &a(&emu), &a(&lio)).is_none());
+        // Trimmed as the runner trims (trailing zeros removed).
+        assert!(departure(&c, &a(&lio[..13]), &a(&emu)).is_some());
     }
 
     #[test]
@@ -388,18 +438,5 @@ mod tests {
             &ans(0, &[], &emu_caps)
         )
         .is_none());
-    }
-
-    #[test]
-    fn relative_target_port_from_vpd_0x83() {
-        // NAA designator (type 3, LU), then relative target port (type 4, assoc 01b) = 2.
-        let page = [
-            0x00, 0x83, 0x00, 0x14, // header, 20 bytes of descriptors
-            0x01, 0x03, 0x00, 0x08, 1, 2, 3, 4, 5, 6, 7, 8, // NAA, 8 bytes
-            0x61, 0x94, 0x00, 0x04, 0, 0, 0, 2, // SAS, PIV, target port, type 4
-        ];
-        assert_eq!(rtpi_from_vpd83(&page), Some(2));
-        assert_eq!(rtpi_from_vpd83(&page[..16]), None);
-        assert_eq!(rtpi_from_vpd83(&[0, 0x80, 0, 0]), None);
     }
 }

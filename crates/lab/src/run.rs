@@ -29,7 +29,7 @@ pub struct Answer {
 }
 
 impl Answer {
-    fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         let status = Status(self.status);
         let mut s = status
             .name()
@@ -107,7 +107,7 @@ fn via_helper(
 }
 
 /// The same command straight on the device with sg3_utils' sg_raw: the independent reference.
-fn via_sg_raw(device: &Path, op: &Operation) -> Result<Answer, String> {
+pub(crate) fn via_sg_raw(device: &Path, op: &Operation) -> Result<Answer, String> {
     let (cdb, params) = op.request();
     let out_file = Path::new("/run/lab/sg_raw.out");
     let in_file = Path::new("/run/lab/sg_raw.in");
@@ -288,11 +288,13 @@ fn on_every_path(
                 Some(d) => allowed = Some(d),
                 None => {
                     return Err(format!(
-                        "the paths differ: {} gave {}, {} gave {}",
+                        "the paths differ: {} gave {} (sense {}), {} gave {} (sense {})",
                         paths[0].0.name(),
                         answers[0].describe(),
+                        pr_ctl::values::hex(&answers[0].sense),
                         paths[1].0.name(),
-                        other.describe()
+                        other.describe(),
+                        pr_ctl::values::hex(&other.sense)
                     ))
                 }
             }
@@ -400,8 +402,11 @@ fn run_emulated(
     // Names and target WWNs of their own, so that one guest can run a scenario both ways.
     let tag = format!("{}-emu", sc.name);
     let index = index + 0x100;
-    let lio = Lio::setup(&tag, index, sc.lus.max(2), sc.initiators, sc.fabric)?;
-    let (mut emulation, mut helpers) = Emulation::start(&tag, &lio, sc.fabric, index, 0, bins)?;
+    // LU 0: the emulated LU's device numbers; LU 1: LIO's answers; the last: a scratch LU on
+    // which LIO names each initiator's nexus (emulate::lio_nexuses).
+    let lus = sc.lus.max(2) + 1;
+    let lio = Lio::setup(&tag, index, lus, sc.initiators, sc.fabric)?;
+    let (mut emulation, mut helpers) = Emulation::start(&tag, &lio, 0, lus - 1, bins)?;
     log.push(format!("emulate: {}", emulation.describe()));
     let mut paths = vec![
         (Way::Direct, 1),

@@ -18,37 +18,6 @@ pub fn initiator_name(i: usize) -> String {
     format!("iqn.2026-11.org.pr-helper.lab:i{}", i + 1)
 }
 
-/// The ISID of initiator `i`'s session with scenario `index`'s target, as the kernel's iSCSI
-/// initiator reports it (`/sys/class/iscsi_session/session*/isid`, 12 hex digits): LIO names
-/// an iSCSI initiator port `<name>,i,0x<ISID>` (TransportID format 01b) in READ FULL STATUS.
-pub fn session_isid(index: usize, i: usize) -> Result<String, String> {
-    let (target, name) = (target_name(index), initiator_name(i));
-    let dir = Path::new("/sys/class/iscsi_session");
-    let read = |p: PathBuf| fs::read_to_string(&p).map(|s| s.trim().to_string());
-    for e in fs::read_dir(dir)
-        .map_err(|e| format!("{}: {e}", dir.display()))?
-        .flatten()
-    {
-        let p = e.path();
-        if read(p.join("targetname")).ok().as_deref() == Some(target.as_str())
-            && read(p.join("initiatorname")).ok().as_deref() == Some(name.as_str())
-        {
-            let isid = read(p.join("isid")).map_err(|e| format!("{}/isid: {e}", p.display()))?;
-            if isid.len() == 12 && isid.bytes().all(|b| b.is_ascii_hexdigit()) {
-                return Ok(isid.to_ascii_lowercase());
-            }
-            return Err(format!(
-                "{}/isid is '{isid}', not 12 hex digits",
-                p.display()
-            ));
-        }
-    }
-    Err(format!(
-        "no iSCSI session of {name} with {target} under {}",
-        dir.display()
-    ))
-}
-
 fn target_name(index: usize) -> String {
     format!("iqn.2026-11.org.pr-helper.lab:s{index}")
 }

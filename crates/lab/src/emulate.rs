@@ -219,7 +219,14 @@ fn lio_nexuses(lio: &Lio, scratch: usize) -> Result<Vec<Nexus>, String> {
                 .iter()
                 .find(|d| d.key.0 == key(i))
                 .map(|d| Nexus {
-                    initiator: d.transport_id.clone(),
+                    // As the daemon will hold it: an ISID in lower case (config_syntax).
+                    initiator: match &d.transport_id {
+                        TransportId::Iscsi { name, isid } => TransportId::Iscsi {
+                            name: name.clone(),
+                            isid: isid.as_ref().map(|i| i.to_ascii_lowercase()),
+                        },
+                        other => other.clone(),
+                    },
                     relative_target_port: d.relative_target_port,
                 })
                 .ok_or_else(|| {

@@ -47,7 +47,7 @@ start_daemon ea "$(emu_config "$A" iqn.2026-11.org.pr-helper.lab:vm-a)" || exit 
 start_daemon eb "$(emu_config "$B" iqn.2026-11.org.pr-helper.lab:vm-b)" || exit 0
 start_daemon pt || exit 0
 
-timeout --kill-after=5 600 qemu-system-x86_64 -accel tcg -cpu max -m 256 -smp 1 \
+timeout --kill-after=5 1100 qemu-system-x86_64 -accel tcg -cpu max -m 256 -smp 1 \
   -display none -monitor none -no-reboot \
   -kernel $LAB/vmlinuz -initrd $LAB/initrd-l2.img \
   -append "console=ttyS0 quiet panic=-1 rdinit=/init-emulate" \
@@ -81,17 +81,18 @@ check() {
 TESTS=SCSI.PrinReadKeys,SCSI.PrinServiceactionRange,SCSI.PrinReportCapabilities,SCSI.ProutRegister,SCSI.ProutReserve,SCSI.ProutClear,SCSI.ProutPreempt
 # cu_results < iscsi-test-cu output: one line per test, "Suite.Test passed|FAILED[ skipped]".
 cu_results() {
-  awk '/^Suite: /{suite=$2}
-       /^ *Test: /{if (test!="") print suite "." test, res (skip ? " skipped" : ""); test=$2; res="?"; skip=0}
+  awk 'function out() { if (test != "") print tsuite "." test, res (skip ? " skipped" : ""); test = "" }
+       /^Suite: /{suite=$2}
+       /^ *Test: /{out(); tsuite=suite; test=$2; res="?"; skip=0}
        /SKIPPED/{skip=1}
-       /(^|\.\.\.)passed$/{res="passed"}
-       /(^|\.\.\.)FAILED$/{res="FAILED"}
-       END{if (test!="") print suite "." test, res (skip ? " skipped" : "")}' | sort
+       /(^|\.\.\.)passed$/{res="passed"; out()}
+       /(^|\.\.\.)FAILED$/{res="FAILED"; out()}
+       END{out()}' | sort
 }
 summary() { echo "$(grep -c ' passed$' "$1") passed, $(grep -c ' skipped$' "$1") skipped, $(grep -c ' FAILED' "$1") failed"; }
 # sg_persist's exit status: 0 good, 6 unit attention, 24 reservation conflict (sg3_utils
 # SG_LIB_CAT_*).
-if wait_for L2-PHASE1-DONE 420; then
+if wait_for L2-PHASE1-DONE 600; then
   echo "lab: nested-emulate guest reached phase 1 after $(( $(date +%s) - t0 ))s"
   check a-register 0 "" "" "L2 registers through disk A (initiator vm-a)"
   check b-register 0 "" "" "L2 registers through disk B (initiator vm-b)"

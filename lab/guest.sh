@@ -1,7 +1,8 @@
 #!/bin/bash
 # Runs inside the lab guest (a chroot of the host's root, read-only, with tmpfs on /run and
 # /tmp): the scenario files under lab/scenarios through pr-lab, then the nested-QEMU scenario,
-# the NVMe checks, the hung-device checks, then the multipath scenario.
+# the emulate backend's lab part (lab/emulate-part.sh), the NVMe checks, the hung-device checks,
+# then the multipath scenario.
 # Prints PASS/FAIL lines and a closing "LAB-RESULT <passed> <failed>" for lab/run.
 set -u
 TOP=$(cd "$(dirname "$0")/.." && pwd)
@@ -18,6 +19,10 @@ grep -q '^LAB-SCENARIOS ' $out || { echo "FAIL pr-lab did not finish"; fail=$((f
 bash $TOP/lab/nested.sh 2>&1 | tee /run/lab-nested.out
 pass=$((pass + $(grep -c '^PASS ' /run/lab-nested.out))); fail=$((fail + $(grep -c '^FAIL ' /run/lab-nested.out)))
 mkdir -p /run/lab
+# Emulated reservations: the parity and cluster scenarios against the emulation, then nested
+# QEMU on the emulate backend with iscsi-test-cu (before multipath: see emulate_part).
+. $TOP/lab/emulate-part.sh
+emulate_part
 # NVMe: the block-layer backend chosen by itself.
 bash $TOP/lab/nvme.sh 2>&1 | tee /run/lab-nvme.out
 pass=$((pass + $(grep -c '^PASS ' /run/lab-nvme.out))); fail=$((fail + $(grep -c '^FAIL ' /run/lab-nvme.out)))

@@ -30,7 +30,8 @@
 //!
 //! [emulate]
 //! store = "/var/lib/pr-helper/reservations.db"   # the default
-//! initiator = "iqn.2026-01.com.example:node1"    # default: derived from the socket path
+//! initiator = "iqn.2026-01.com.example:node1"    # default: derived from the socket path; also
+//!                                                # "name,i,0x<ISID>", "sas:0x<16 hex>", "fc:0x<16 hex>"
 //! relative_target_port = 1                       # the default
 //! max_registrations = 128                        # the default; at most 1023
 //! max_batch = 256                                # PR OUTs per group commit (1: an fsync each)
@@ -912,6 +913,24 @@ mod tests {
         assert!(!d.configures_emulate());
         assert_eq!(d.emulate.store, Path::new(DEFAULT_STORE));
         assert_eq!(d.emulate.initiator, None);
+        // The TransportIDs the lab gives its daemons: LIO's tcm_loop SAS addresses and iSCSI
+        // initiator ports with their ISID.
+        let sas = parse("[emulate]\ninitiator = \"sas:0x5001405000000b01\"\n").unwrap();
+        assert_eq!(
+            sas.emulate.initiator,
+            Some(TransportId::Sas {
+                sas_address: [0x50, 0x01, 0x40, 0x50, 0, 0, 0x0b, 0x01]
+            })
+        );
+        let port =
+            parse("[emulate]\ninitiator = \"iqn.2026-11.org.x:i1,i,0x00023d000003\"\n").unwrap();
+        assert_eq!(
+            port.emulate.initiator,
+            Some(TransportId::Iscsi {
+                name: "iqn.2026-11.org.x:i1".into(),
+                isid: Some("00023d000003".into())
+            })
+        );
     }
 
     #[test]

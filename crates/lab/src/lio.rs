@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use crate::scenario::Fabric;
 
-mod iscsi;
+pub(crate) mod iscsi;
 
 pub(crate) const CONFIGFS: &str = "/sys/kernel/config/target";
 const LU_SIZE: u64 = 8 << 20;

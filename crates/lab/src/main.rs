@@ -3,6 +3,7 @@
 //! `pr-lab check` only parses the files (the host's tests run it).
 #![forbid(unsafe_code)]
 
+mod emulate;
 mod helpers;
 
 /// A command that is killed if it runs longer than a minute: a device that hangs fails its
@@ -52,9 +53,21 @@ enum Cmd {
         /// Print every step's result, not only those of failing scenarios.
         #[arg(short, long)]
         verbose: bool,
+        /// `lio`: as the scenario says, our helper on LIO. `emulate`: every initiator through an
+        /// emulate daemon of its own (its LIO TransportID and relative target port, one shared
+        /// store), compared byte for byte with LIO's own answers on another LU; only the SPC-4
+        /// departures listed in docs/emulation.md may differ.
+        #[arg(long, value_enum, default_value = "lio", value_name = "WHAT")]
+        against: AgainstArg,
         #[arg(required = true, value_name = "SCENARIO")]
         files: Vec<PathBuf>,
     },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum AgainstArg {
+    Lio,
+    Emulate,
 }
 
 fn main() -> ExitCode {
@@ -81,8 +94,13 @@ fn main() -> ExitCode {
             bin_dir,
             c_helper,
             verbose,
+            against,
             files,
         } => {
+            let (against, suffix) = match against {
+                AgainstArg::Lio => (emulate::Against::Lio, ""),
+                AgainstArg::Emulate => (emulate::Against::Emulate, " against emulate"),
+            };
             let bins = helpers::Binaries {
                 ours: bin_dir.join("pr-helper"),
                 pr_ctl: bin_dir.join("pr-ctl"),
@@ -99,11 +117,11 @@ fn main() -> ExitCode {
                         continue;
                     }
                 };
-                match run::run(&sc, index + 1, &bins) {
+                match run::run(&sc, index + 1, &bins, against) {
                     Ok(log) => {
                         pass += 1;
                         println!(
-                            "PASS {} ({} steps, {:.1} s)",
+                            "PASS {}{suffix} ({} steps, {:.1} s)",
                             sc.name,
                             sc.steps.len(),
                             t0.elapsed().as_secs_f64()
@@ -117,7 +135,7 @@ fn main() -> ExitCode {
                         // One FAIL line; the detail follows as continuation lines, which
                         // lab/run also shows.
                         let mut lines = e.lines();
-                        println!("FAIL {}: {}", sc.name, lines.next().unwrap_or(""));
+                        println!("FAIL {}{suffix}: {}", sc.name, lines.next().unwrap_or(""));
                         lines.for_each(|l| println!("  | {l}"));
                         log.iter().for_each(|l| println!("  | {l}"));
                     }

@@ -41,9 +41,15 @@ const LIBVIRT_DOMAIN_DIR: &str = "domain-";
 pub enum IdentityError {
     #[error(
         "initiator = \"{0}\" is not an iSCSI name; expected \"iqn.YYYY-MM.reversed.domain[:id]\" \
-         (or eui./naa.), lower case, letters, digits, '-', '.' and ':' only"
+         (or eui./naa.), lower case, letters, digits, '-', '.' and ':' only, optionally followed \
+         by \",i,0x<ISID>\" (12 hex digits); or \"sas:0x<16 hex digits>\" / \"fc:0x<16 hex digits>\""
     )]
     NotIscsiName(String),
+    #[error(
+        "initiator = \"{0}\" is not a SAS address or FC N_Port name; expected {1}:0x followed by \
+         16 hex digits"
+    )]
+    BadAddress(String, &'static str),
     #[error("initiator = \"{0}…\" is longer than {MAX_ISCSI_NAME_LEN} bytes")]
     TooLong(String),
     #[error("relative_target_port = {0} is out of range; expected 1 to 65535")]
@@ -121,9 +127,41 @@ fn fnv1a64(bytes: &[u8]) -> u64 {
     })
 }
 
-/// Validates a configured initiator: an iSCSI name (`iqn.`, `eui.` or `naa.`), lower case, of
-/// the characters iSCSI names allow, at most [`MAX_ISCSI_NAME_LEN`] bytes.
+/// Validates a configured initiator and makes its TransportID (SPC-4 §7.6.4):
+/// - an iSCSI name (`iqn.`, `eui.` or `naa.`), lower case, of the characters iSCSI names allow,
+///   at most [`MAX_ISCSI_NAME_LEN`] bytes: format 00b (initiator device);
+/// - the same followed by `,i,0x<ISID>` (12 hex digits): format 01b (initiator port);
+/// - `sas:0x<16 hex digits>`: a SAS address (protocol 6), as tcm_loop's and SAS HBAs' ports;
+/// - `fc:0x<16 hex digits>`: an FC N_Port name (protocol 0).
+///
+/// So an emulated LU can see the very TransportIDs a real target reports for its initiators.
 pub fn parse_initiator(name: &str) -> Result<TransportId, IdentityError> {
+    for (prefix, what) in [("sas:", "sas"), ("fc:", "fc")] {
+        if let Some(hex) = name.strip_prefix(prefix) {
+            let digits = hex.strip_prefix("0x").unwrap_or(hex);
+            let bytes = (digits.len() == 16 && digits.bytes().all(|b| b.is_ascii_hexdigit()))
+                .then(|| u64::from_str_radix(digits, 16).ok())
+                .flatten()
+                .ok_or_else(|| IdentityError::BadAddress(name.chars().take(40).collect(), what))?
+                .to_be_bytes();
+            return Ok(if what == "sas" {
+                TransportId::Sas { sas_address: bytes }
+            } else {
+                TransportId::Fc { n_port_name: bytes }
+            });
+        }
+    }
+    let (name, isid) = match name.split_once(",i,0x") {
+        Some((n, i))
+            if i.len() == 12
+                && i.bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) =>
+        {
+            (n, Some(i.to_string()))
+        }
+        Some(_) => return Err(IdentityError::NotIscsiName(name.escape_debug().collect())),
+        None => (name, None),
+    };
     if name.len() > MAX_ISCSI_NAME_LEN {
         return Err(IdentityError::TooLong(name.chars().take(40).collect()));
     }
@@ -141,7 +179,7 @@ pub fn parse_initiator(name: &str) -> Result<TransportId, IdentityError> {
     }
     Ok(TransportId::Iscsi {
         name: name.to_string(),
-        isid: None,
+        isid,
     })
 }
 
@@ -249,6 +287,43 @@ mod tests {
             "IQN.2026-01.com.example",
             "iqn.2026 x",
             "iqn.a_b",
+        ] {
+            let e = parse_initiator(bad).unwrap_err().to_string();
+            assert!(e.contains("is not an iSCSI name"), "{bad}: {e}");
+        }
+        // The other TransportID forms (SPC-4 §7.6.4): SAS (protocol 6, address at bytes 4..12 of
+        // 24), FC (protocol 0, N_Port name at 8..16), iSCSI format 01b (byte 0 = 0x45).
+        let sas = parse_initiator("sas:0x5001405000000b01")
+            .unwrap()
+            .to_bytes();
+        assert_eq!((sas.len(), sas[0]), (24, 0x06));
+        assert_eq!(sas[4..12], [0x50, 0x01, 0x40, 0x50, 0, 0, 0x0b, 0x01]);
+        let fc = parse_initiator("fc:2100001b32000001").unwrap().to_bytes();
+        assert_eq!((fc.len(), fc[0], fc[8], fc[15]), (24, 0x00, 0x21, 0x01));
+        let port = parse_initiator("iqn.2026-01.com.example:n1,i,0x23d000000001").unwrap();
+        assert_eq!(port.to_bytes()[0], 0x45);
+        assert_eq!(
+            port,
+            TransportId::Iscsi {
+                name: "iqn.2026-01.com.example:n1".into(),
+                isid: Some("23d000000001".into())
+            }
+        );
+        for bad in [
+            "sas:0x12",
+            "sas:0x5001405000000b0g",
+            "fc:",
+            "sas:0x5001405000000b011",
+        ] {
+            let e = parse_initiator(bad).unwrap_err().to_string();
+            assert!(
+                e.contains("is not a SAS address or FC N_Port name"),
+                "{bad}: {e}"
+            );
+        }
+        for bad in [
+            "iqn.2026-01.com.example:n1,i,0x12",
+            "iqn.x,i,0x23D000000001",
         ] {
             let e = parse_initiator(bad).unwrap_err().to_string();
             assert!(e.contains("is not an iSCSI name"), "{bad}: {e}");

@@ -17,7 +17,8 @@ use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use virtio_bindings::virtio_scsi::{
-    VIRTIO_SCSI_S_BAD_TARGET, VIRTIO_SCSI_S_FAILURE, VIRTIO_SCSI_S_INCORRECT_LUN, VIRTIO_SCSI_S_OK,
+    VIRTIO_SCSI_F_CHANGE, VIRTIO_SCSI_F_HOTPLUG, VIRTIO_SCSI_S_BAD_TARGET, VIRTIO_SCSI_S_FAILURE,
+    VIRTIO_SCSI_S_INCORRECT_LUN, VIRTIO_SCSI_S_OK,
 };
 use virtio_queue::{DescriptorChain, QueueT, Reader, Writer};
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryLoadGuard, GuestMemoryMmap};
@@ -233,8 +234,13 @@ impl<D: BlockDevice + 'static> VhostUserBackend for ScsiBackend<D> {
         MAX_QUEUE_SIZE
     }
 
+    /// VERSION_1, indirect descriptors, EVENT_IDX, and virtio-scsi's HOTPLUG and CHANGE
+    /// (QEMU passes the guest's acknowledgement of these through; the target never changes
+    /// its LUNs or parameters while serving, so it never has an event to send).
     fn features(&self) -> u64 {
         (1 << VIRTIO_F_VERSION_1)
+            | (1 << VIRTIO_SCSI_F_HOTPLUG)
+            | (1 << VIRTIO_SCSI_F_CHANGE)
             | (1 << VIRTIO_RING_F_INDIRECT_DESC)
             | (1 << VIRTIO_RING_F_EVENT_IDX)
             | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()

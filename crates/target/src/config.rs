@@ -473,7 +473,7 @@ luns = { 0 = "d0", 300 = "d0" }
         let bad = GOOD.replace("300 = \"d0\"", "300 = \"d9\"");
         let e = parse(&bad).unwrap_err();
         assert!(
-            e.starts_with("/etc/t.toml:22: LUN 300 = \"d9\" names no [[lu]]"),
+            e.starts_with("/etc/t.toml:20: LUN 300 = \"d9\" names no [[lu]]"),
             "{e}"
         );
         let bad = GOOD
@@ -484,7 +484,7 @@ luns = { 0 = "d0", 300 = "d0" }
         let bad = GOOD.replace("request_queues = 4", "request_queues = 0");
         assert_eq!(
             parse(&bad).unwrap_err(),
-            "/etc/t.toml:21: request_queues = 0: expected 1 to 16"
+            "/etc/t.toml:19: request_queues = 0: expected 1 to 16"
         );
         let bad = GOOD.replace("serial = \"S0\"", "serial = \"S0\"\ncolour = 1");
         let e = parse(&bad).unwrap_err();

@@ -261,3 +261,189 @@ impl<D: BlockDevice> FencedLu<D> {
         self.lock_gate().clone()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    use pr_scsi::transport_id::TransportId;
+    use pr_scsi::{RelativeTargetPort, Status};
+    use pr_store::SqliteStore;
+
+    use super::*;
+    use crate::scsi::tests::{identity, MemDisk};
+
+    /// A disk whose writes can be held: armed, the next write reports that it started and
+    /// waits to be released.
+    struct GatedDisk {
+        mem: MemDisk,
+        armed: Mutex<Option<(mpsc::Sender<()>, mpsc::Receiver<()>)>>,
+    }
+
+    impl BlockDevice for GatedDisk {
+        fn len(&self) -> u64 {
+            self.mem.len()
+        }
+        fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+            self.mem.read_at(buf, offset)
+        }
+        fn write_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+            if let Some((started, release)) = self.armed.lock().unwrap().take() {
+                started.send(()).unwrap();
+                release.recv_timeout(Duration::from_secs(30)).unwrap();
+            }
+            self.mem.write_at(buf, offset)
+        }
+        fn flush(&self) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn can_discard(&self) -> bool {
+            false
+        }
+        fn discard(&self, _: u64, _: u64) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn nexus(name: &str, port: u16) -> Nexus {
+        Nexus {
+            initiator: TransportId::Iscsi {
+                name: format!("iqn.2026-12.org.test:{name}"),
+                isid: None,
+            },
+            relative_target_port: RelativeTargetPort(port),
+        }
+    }
+
+    fn params(key: u64, sa_key: u64) -> Vec<u8> {
+        let mut p = vec![0u8; 24];
+        p[..8].copy_from_slice(&key.to_be_bytes());
+        p[8..16].copy_from_slice(&sa_key.to_be_bytes());
+        p
+    }
+
+    fn cmd<D: BlockDevice>(lu: &FencedLu<D>, slot: SlotId, cdb: &[u8], data: &[u8]) -> Reply {
+        match lu.prepare(cdb) {
+            Ok(p) => lu.run(slot, cdb, &p, data),
+            Err(r) => r,
+        }
+    }
+
+    // SPC-4 PERSISTENT RESERVE OUT CDBs: REGISTER (00h), RESERVE (01h) and PREEMPT AND ABORT
+    // (05h) with TYPE 5 (WRITE EXCLUSIVE - REGISTRANTS ONLY), PARAMETER LIST LENGTH 24.
+    const REGISTER: [u8; 10] = [0x5f, 0x00, 0, 0, 0, 0, 0, 0, 24, 0];
+    const RESERVE_WE_RO: [u8; 10] = [0x5f, 0x01, 0x05, 0, 0, 0, 0, 0, 24, 0];
+    const PREEMPT_ABORT_WE_RO: [u8; 10] = [0x5f, 0x05, 0x05, 0, 0, 0, 0, 0, 24, 0];
+    // WRITE (10), LBA 0, one block; TEST UNIT READY.
+    const WRITE_LBA0: [u8; 10] = [0x2a, 0, 0, 0, 0, 0, 0, 0, 1, 0];
+    const TUR: [u8; 6] = [0; 6];
+
+    #[test]
+    fn preempt_and_abort_returns_only_after_the_victims_write_in_flight_and_fences_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("r.db");
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&db).unwrap());
+        let disk = GatedDisk {
+            mem: MemDisk::new(64 * 1024, false),
+            armed: Mutex::new(None),
+        };
+        let name = LuId::new("lu0").unwrap();
+        let mut lu = FencedLu::new(
+            name.clone(),
+            DiskServer::new(disk, identity(), 512, false),
+            store,
+            EngineConfig::default(),
+        )
+        .unwrap();
+        let (a, b) = (lu.attach(nexus("a", 1)), lu.attach(nexus("b", 2)));
+        let lu = Arc::new(lu);
+        for (slot, key) in [(a, 0xa), (b, 0xb)] {
+            assert_eq!(cmd(&lu, slot, &REGISTER, &params(0, key)).status, Status::GOOD);
+        }
+        assert_eq!(cmd(&lu, a, &RESERVE_WE_RO, &params(0xa, 0)).status, Status::GOOD);
+
+        // Node a's write starts and is held inside the medium.
+        let (started_tx, started) = mpsc::channel();
+        let (release, release_rx) = mpsc::channel();
+        *lu.disk().device().armed.lock().unwrap() = Some((started_tx, release_rx));
+        let writer = {
+            let lu = lu.clone();
+            std::thread::spawn(move || cmd(&lu, a, &WRITE_LBA0, &[0xaa; 512]))
+        };
+        started.recv_timeout(Duration::from_secs(10)).expect("the write started");
+        // Node b preempts a: PREEMPT AND ABORT must not return while a's write runs.
+        let (returned_tx, returned) = mpsc::channel();
+        let preempt = {
+            let lu = lu.clone();
+            std::thread::spawn(move || {
+                let r = cmd(&lu, b, &PREEMPT_ABORT_WE_RO, &params(0xb, 0xa));
+                returned_tx.send(()).unwrap();
+                r
+            })
+        };
+        assert_eq!(
+            returned.recv_timeout(Duration::from_millis(300)),
+            Err(mpsc::RecvTimeoutError::Timeout),
+            "PREEMPT AND ABORT returned while the victim's write was in flight"
+        );
+        // The store already holds the preemption; the gate is closed, so nothing else runs.
+        release.send(()).unwrap();
+        returned
+            .recv_timeout(Duration::from_secs(10))
+            .expect("PREEMPT AND ABORT returned once the write finished");
+        assert_eq!(preempt.join().unwrap().status, Status::GOOD);
+        // The write admitted before the preemption completed.
+        assert_eq!(writer.join().unwrap().status, Status::GOOD);
+        let before = lu.disk().device().mem.data.lock().unwrap().clone();
+        assert_eq!(&before[..512], &[0xaa; 512]);
+
+        // a's next command: CHECK CONDITION, UNIT ATTENTION, REGISTRATIONS PREEMPTED (06h/2Ah/05h);
+        // then its writes are RESERVATION CONFLICT and the medium is unchanged.
+        let r = cmd(&lu, a, &WRITE_LBA0, &[0xbb; 512]);
+        let s = r.sense.unwrap().code;
+        assert_eq!((r.status, s.key.0, s.asc, s.ascq), (Status::CHECK_CONDITION, 6, 0x2a, 5));
+        assert_eq!(cmd(&lu, a, &WRITE_LBA0, &[0xbb; 512]).status, Status::RESERVATION_CONFLICT);
+        assert_eq!(*lu.disk().device().mem.data.lock().unwrap(), before);
+        // b, the holder now, writes.
+        assert_eq!(cmd(&lu, b, &WRITE_LBA0, &[0xcc; 512]).status, Status::GOOD);
+        // The reported unit attention is gone from the store too (a fresh open sees none).
+        drop(lu);
+        let reopened = SqliteStore::open(&db).unwrap();
+        let state = reopened.load(&name).unwrap().unwrap();
+        assert!(state.pending_unit_attentions(&nexus("a", 1)).is_empty());
+        assert_eq!(state.registrants.len(), 1);
+    }
+
+    #[test]
+    fn unit_attention_is_reported_once_on_any_non_exempt_command() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path().join("r.db")).unwrap());
+        let mut lu = FencedLu::new(
+            LuId::new("lu0").unwrap(),
+            DiskServer::new(MemDisk::new(64 * 1024, false), identity(), 512, false),
+            store,
+            EngineConfig::default(),
+        )
+        .unwrap();
+        let (a, b) = (lu.attach(nexus("a", 1)), lu.attach(nexus("b", 2)));
+        for (slot, key) in [(a, 0xa), (b, 0xb)] {
+            cmd(&lu, slot, &REGISTER, &params(0, key));
+        }
+        cmd(&lu, a, &RESERVE_WE_RO, &params(0xa, 0));
+        cmd(&lu, b, &PREEMPT_ABORT_WE_RO, &params(0xb, 0xa));
+        // INQUIRY is exempt: no unit attention (SAM-5).
+        assert_eq!(cmd(&lu, a, &[0x12, 0, 0, 0, 36, 0], &[]).status, Status::GOOD);
+        // TEST UNIT READY reports it, then is GOOD (allowed through every reservation).
+        assert_eq!(cmd(&lu, a, &TUR, &[]).status, Status::CHECK_CONDITION);
+        assert_eq!(cmd(&lu, a, &TUR, &[]).status, Status::GOOD);
+        // Reads pass WRITE EXCLUSIVE - REGISTRANTS ONLY for the unregistered a.
+        let read = [0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0];
+        assert_eq!(cmd(&lu, a, &read, &[]).status, Status::GOOD);
+        // MODE SENSE is blocked like a write (pr-engine's Other).
+        assert_eq!(
+            cmd(&lu, a, &[0x1a, 0, 0x08, 0, 0xff, 0], &[]).status,
+            Status::RESERVATION_CONFLICT
+        );
+    }
+}

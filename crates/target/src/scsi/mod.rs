@@ -16,7 +16,7 @@ mod device;
 mod pages;
 pub mod sense;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 pub use device::{BlockDevice, DiskIdentity, DiskServer, Prepared};
 pub use pages::report_luns;

@@ -67,7 +67,7 @@ impl Backing {
 }
 
 impl BlockDevice for Backing {
-    fn len(&self) -> u64 {
+    fn size_bytes(&self) -> u64 {
         self.len
     }
 

@@ -282,8 +282,8 @@ mod tests {
     }
 
     impl BlockDevice for GatedDisk {
-        fn len(&self) -> u64 {
-            self.mem.len()
+        fn size_bytes(&self) -> u64 {
+            self.mem.size_bytes()
         }
         fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
             self.mem.read_at(buf, offset)
@@ -359,9 +359,15 @@ mod tests {
         let (a, b) = (lu.attach(nexus("a", 1)), lu.attach(nexus("b", 2)));
         let lu = Arc::new(lu);
         for (slot, key) in [(a, 0xa), (b, 0xb)] {
-            assert_eq!(cmd(&lu, slot, &REGISTER, &params(0, key)).status, Status::GOOD);
+            assert_eq!(
+                cmd(&lu, slot, &REGISTER, &params(0, key)).status,
+                Status::GOOD
+            );
         }
-        assert_eq!(cmd(&lu, a, &RESERVE_WE_RO, &params(0xa, 0)).status, Status::GOOD);
+        assert_eq!(
+            cmd(&lu, a, &RESERVE_WE_RO, &params(0xa, 0)).status,
+            Status::GOOD
+        );
 
         // Node a's write starts and is held inside the medium.
         let (started_tx, started) = mpsc::channel();
@@ -371,7 +377,9 @@ mod tests {
             let lu = lu.clone();
             std::thread::spawn(move || cmd(&lu, a, &WRITE_LBA0, &[0xaa; 512]))
         };
-        started.recv_timeout(Duration::from_secs(10)).expect("the write started");
+        started
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the write started");
         // Node b preempts a: PREEMPT AND ABORT must not return while a's write runs.
         let (returned_tx, returned) = mpsc::channel();
         let preempt = {
@@ -402,8 +410,14 @@ mod tests {
         // then its writes are RESERVATION CONFLICT and the medium is unchanged.
         let r = cmd(&lu, a, &WRITE_LBA0, &[0xbb; 512]);
         let s = r.sense.unwrap().code;
-        assert_eq!((r.status, s.key.0, s.asc, s.ascq), (Status::CHECK_CONDITION, 6, 0x2a, 5));
-        assert_eq!(cmd(&lu, a, &WRITE_LBA0, &[0xbb; 512]).status, Status::RESERVATION_CONFLICT);
+        assert_eq!(
+            (r.status, s.key.0, s.asc, s.ascq),
+            (Status::CHECK_CONDITION, 6, 0x2a, 5)
+        );
+        assert_eq!(
+            cmd(&lu, a, &WRITE_LBA0, &[0xbb; 512]).status,
+            Status::RESERVATION_CONFLICT
+        );
         assert_eq!(*lu.disk().device().mem.data.lock().unwrap(), before);
         // b, the holder now, writes.
         assert_eq!(cmd(&lu, b, &WRITE_LBA0, &[0xcc; 512]).status, Status::GOOD);
@@ -433,7 +447,10 @@ mod tests {
         cmd(&lu, a, &RESERVE_WE_RO, &params(0xa, 0));
         cmd(&lu, b, &PREEMPT_ABORT_WE_RO, &params(0xb, 0xa));
         // INQUIRY is exempt: no unit attention (SAM-5).
-        assert_eq!(cmd(&lu, a, &[0x12, 0, 0, 0, 36, 0], &[]).status, Status::GOOD);
+        assert_eq!(
+            cmd(&lu, a, &[0x12, 0, 0, 0, 36, 0], &[]).status,
+            Status::GOOD
+        );
         // TEST UNIT READY reports it, then is GOOD (allowed through every reservation).
         assert_eq!(cmd(&lu, a, &TUR, &[]).status, Status::CHECK_CONDITION);
         assert_eq!(cmd(&lu, a, &TUR, &[]).status, Status::GOOD);

@@ -100,7 +100,7 @@ impl Server {
                 return Err(StartError::Empty {
                     lu: l.name.to_string(),
                     path: l.path.clone(),
-                    bytes: crate::scsi::BlockDevice::len(disk.device()),
+                    bytes: crate::scsi::BlockDevice::size_bytes(disk.device()),
                     block_size: l.block_size,
                 });
             }

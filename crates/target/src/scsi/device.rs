@@ -12,10 +12,10 @@ use super::MAX_UNMAP_DESCRIPTORS;
 use super::{pages, sense, MAX_PARAMETER_LIST, MAX_TRANSFER_BYTES, MAX_UNMAP_BLOCKS};
 
 /// The medium of a disk. Offsets and lengths are in bytes and always inside
-/// [`BlockDevice::len`] (the device server checks them first).
+/// [`BlockDevice::size_bytes`] (the device server checks them first).
 pub trait BlockDevice: Send + Sync {
     /// Size of the medium in bytes, fixed while the disk is served.
-    fn len(&self) -> u64;
+    fn size_bytes(&self) -> u64;
     /// Fills `buf` from `offset`.
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
     /// Writes `buf` at `offset`.
@@ -83,7 +83,7 @@ impl<D: BlockDevice> DiskServer<D> {
     /// A disk of `device`'s whole length in blocks of `block_size` (512 or 4096; a partial
     /// last block is not served).
     pub fn new(device: D, identity: DiskIdentity, block_size: u32, read_only: bool) -> Self {
-        let blocks = device.len() / u64::from(block_size.max(1));
+        let blocks = device.size_bytes() / u64::from(block_size.max(1));
         DiskServer {
             device,
             identity,

@@ -27,7 +27,7 @@ impl MemDisk {
 }
 
 impl BlockDevice for MemDisk {
-    fn len(&self) -> u64 {
+    fn size_bytes(&self) -> u64 {
         self.data.lock().unwrap().len() as u64
     }
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {

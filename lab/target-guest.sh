@@ -33,6 +33,30 @@ if [ -z "$A" ] || [ -z "$B" ]; then
   finish
 fi
 ok "node 1 sees $A, node 2 sees $B"
+phase=$(sed -n 's/.*labphase=\([^ ]*\).*/\1/p' /proc/cmdline)
+pr() { sg_persist --no-inquiry "$@" >/run/pr.out 2>&1; }
+# Reports pending unit attentions (TEST UNIT READY), at most a few, before PR commands.
+settle() { local i; for i in 1 2 3 4; do sg_turs "$1" >/dev/null 2>&1 && return 0; done; return 1; }
+keys() { sg_persist --no-inquiry --in --read-keys "$1" 2>/dev/null | grep -oE '^ +0x[0-9a-f]+' | tr -d ' ' | tr '\n' ' '; }
+
+if [ "$phase" = reconnect ]; then
+  # A new VM on the same pr-target: the state the first one left (both registered, node 1
+  # holding WE-RO) and the data are there, and both registrants write.
+  settle "$A"; settle "$B"
+  [ "$(keys "$B")" = "0xa 0xb " ] && ok "reconnect: READ KEYS shows 0xa 0xb left by the first VM" \
+    || ko "reconnect: READ KEYS '$(keys "$B")'"
+  sg_persist --no-inquiry --in --read-reservation "$B" 2>&1 | grep -q "Key=0xa" \
+    && sg_persist --no-inquiry --in --read-reservation "$B" 2>&1 | grep -qi "registrants only" \
+    && ok "reconnect: node 1 still holds WRITE EXCLUSIVE - REGISTRANTS ONLY" \
+    || ko "reconnect: READ RESERVATION: $(sg_persist --no-inquiry --in --read-reservation "$B" 2>&1 | tr '\n' ' ')"
+  dd if="$B" bs=4096 skip=10 count=16 iflag=direct status=none | cmp -s - <(dd if="$IMG" bs=4096 skip=10 count=16 status=none) \
+    && ok "reconnect: the first VM's data reads back" || ko "reconnect: the data differs from the backing file"
+  dd if=/dev/urandom of=/run/q bs=4096 count=4 status=none
+  dd if=/run/q of="$A" bs=4096 seek=30 oflag=direct conv=notrunc status=none \
+    && dd if="$B" bs=4096 skip=30 count=4 iflag=direct status=none | cmp -s - /run/q \
+    && ok "reconnect: both registrants write and read" || ko "reconnect: I/O failed"
+  finish
+fi
 
 # Identification. Expected bytes from SPC-4's Device Identification VPD page layout: page
 # 83h, length 24, an NAA designator (code set 1, association 0, type 3, 16 bytes) and a
@@ -60,10 +84,6 @@ else
   ko "data written through node 1 did not come back through node 2 and the host file"
 fi
 
-pr() { sg_persist --no-inquiry "$@" >/run/pr.out 2>&1; }
-# Reports pending unit attentions (TEST UNIT READY), at most a few, before PR commands.
-settle() { local i; for i in 1 2 3 4; do sg_turs "$1" >/dev/null 2>&1 && return 0; done; return 1; }
-keys() { sg_persist --no-inquiry --in --read-keys "$1" 2>/dev/null | grep -oE '^ +0x[0-9a-f]+' | tr -d ' ' | tr '\n' ' '; }
 wr() { dd if=/run/p of="$1" bs=4096 seek=20 count=1 oflag=direct conv=notrunc status=none 2>/dev/null; }
 rd() { dd if="$1" of=/dev/null bs=4096 skip=20 count=1 iflag=direct status=none 2>/dev/null; }
 
@@ -128,4 +148,9 @@ for r in $(seq "$rounds"); do
   rd "$A" && ok "fencing round $r: node 1 still reads under WE-RO" || ko "fencing round $r: node 1 cannot read"
   pr --out --clear --param-rk=0xb "$B" || ko "fencing round $r: CLEAR failed: $(cat /run/pr.out)"
 done
+# Leave a state for the next VM (lab/target.sh boots another on the same pr-target).
+settle "$A"; settle "$B"
+pr --out --register --param-sark=0xa "$A" && pr --out --register --param-sark=0xb "$B" \
+  && pr --out --reserve --param-rk=0xa --prout-type=5 "$A" \
+  || ko "could not leave registrations for the reconnect phase: $(cat /run/pr.out)"
 finish

@@ -9,13 +9,15 @@
 //! - [`vhost`]: the vhost-user device on rust-vmm's crates;
 //! - [`backing`]: files and block devices on the host;
 //! - [`config`]: the TOML configuration;
-//! - [`server`]: opening everything, serving every socket, shutting down.
+//! - [`server`]: opening everything, serving every socket, shutting down;
+//! - [`seccomp`]: the system-call allow-list of a serving target.
 #![forbid(unsafe_code)]
 
 pub mod backing;
 pub mod config;
 pub mod lu;
 pub mod scsi;
+pub mod seccomp;
 pub mod server;
 pub mod target;
 pub mod vhost;

@@ -1,11 +1,13 @@
-//! pr-target: parse the command line, load the configuration, open the logical units,
-//! serve every socket, and on SIGTERM or SIGINT drain, flush and exit 0.
+//! pr-target: parse the command line, load the configuration, open the logical units and
+//! sockets, install the seccomp allow-list, serve, and on SIGTERM or SIGINT drain, flush and
+//! exit 0.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
 use pr_target::config::Config;
+use pr_target::seccomp::{self, SeccompMode};
 use pr_target::server::Server;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
@@ -30,6 +32,10 @@ struct Cli {
     /// Validate the configuration and exit.
     #[arg(long)]
     check: bool,
+    /// What the seccomp allow-list does with other system calls: kill (the default), log
+    /// (allow and let the kernel log them, for debugging) or none (no filter).
+    #[arg(long, value_enum, default_value = "kill")]
+    seccomp: SeccompMode,
     /// Log filter (tracing-subscriber syntax), e.g. "info" or "pr_target=debug".
     #[arg(long, default_value = "info", env = "PR_TARGET_LOG")]
     log: String,
@@ -83,6 +89,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Err(e) = seccomp::install(cli.seccomp) {
+        report(&e);
+        return ExitCode::FAILURE;
+    }
     info!("ready: {} sockets", server.threads());
     let signal = signals.forever().next();
     info!("signal {signal:?}: draining");

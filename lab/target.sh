@@ -50,7 +50,8 @@ CONF
 # Unprivileged: pr-target needs only its backing file, store and socket directory.
 chown -R nobody:nogroup "$work"
 as_nobody=(setpriv --reuid=nobody --regid=nogroup --clear-groups --no-new-privs)
-"${as_nobody[@]}" "$bin" --config "$work/target.toml" 2> "$work/target.log" &
+# PR_TARGET_SECCOMP=log lab/target.sh: unlisted system calls are logged (dmesg), not fatal.
+"${as_nobody[@]}" "$bin" --config "$work/target.toml" --seccomp "${PR_TARGET_SECCOMP:-kill}" 2> "$work/target.log" &
 tpid=$!
 trap 'kill "$tpid" 2>/dev/null || true' EXIT
 # Bounded wait for both sockets (pr-target binds them before it logs "ready").

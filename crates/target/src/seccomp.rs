@@ -45,6 +45,8 @@ fn allowed() -> Vec<i64> {
         libc::SYS_lseek,
         libc::SYS_close,
         libc::SYS_fcntl,
+        libc::SYS_dup,
+        libc::SYS_dup3,
         libc::SYS_newfstatat,
         libc::SYS_statx,
         libc::SYS_fsync,
@@ -112,6 +114,7 @@ fn allowed() -> Vec<i64> {
     #[cfg(target_arch = "x86_64")]
     v.extend_from_slice(&[
         libc::SYS_fstat,
+        libc::SYS_dup2,
         libc::SYS_epoll_wait,
         libc::SYS_poll,
         libc::SYS_unlink,

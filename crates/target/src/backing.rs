@@ -1,0 +1,99 @@
+//! The medium of a logical unit: a regular file or a block device on the host.
+
+use std::fs::File;
+use std::io::{self, Seek, SeekFrom};
+use std::os::unix::fs::{FileExt, FileTypeExt};
+use std::path::Path;
+
+use rustix::fs::{fallocate, flock, FallocateFlags, FlockOperation};
+
+use crate::scsi::BlockDevice;
+
+/// An open backing file or block device, locked against other pr-target processes.
+#[derive(Debug)]
+pub struct Backing {
+    file: File,
+    len: u64,
+    discard: bool,
+}
+
+/// Why a backing could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum BackingError {
+    #[error("cannot open {path}: {source}")]
+    Open {
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "{path} is locked by another process (another pr-target serving it?): two targets \
+         on one medium could not fence each other's writes, so pr-target refuses to share it"
+    )]
+    Locked { path: String },
+    #[error("{path} is neither a regular file nor a block device")]
+    Kind { path: String },
+}
+
+impl Backing {
+    /// Opens `path` (read-only when `read_only`) and takes an exclusive `flock` on it for as
+    /// long as it is open.
+    pub fn open(path: &Path, read_only: bool) -> Result<Backing, BackingError> {
+        let name = path.display().to_string();
+        let open_err = |source| BackingError::Open {
+            path: name.clone(),
+            source,
+        };
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(!read_only)
+            .open(path)
+            .map_err(open_err)?;
+        let ft = file.metadata().map_err(open_err)?.file_type();
+        if !ft.is_file() && !ft.is_block_device() {
+            return Err(BackingError::Kind { path: name });
+        }
+        flock(&file, FlockOperation::NonBlockingLockExclusive)
+            .map_err(|_| BackingError::Locked { path: name.clone() })?;
+        let len = file.seek(SeekFrom::End(0)).map_err(open_err)?;
+        Ok(Backing {
+            file,
+            len,
+            // Hole punching reads back zeros on a regular file; block devices' discard
+            // does not promise that, so they are served fully provisioned.
+            discard: ft.is_file(),
+        })
+    }
+}
+
+impl BlockDevice for Backing {
+    fn size_bytes(&self) -> u64 {
+        self.len
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.file.read_exact_at(buf, offset)
+    }
+
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.file.write_all_at(buf, offset)
+    }
+
+    fn flush(&self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+
+    fn can_discard(&self) -> bool {
+        self.discard
+    }
+
+    fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
+        fallocate(
+            &self.file,
+            FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
+            offset,
+            len,
+        )
+        .map_err(io::Error::from)
+    }
+}

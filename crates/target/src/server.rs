@@ -1,0 +1,214 @@
+//! Opens the configured logical units and stores, serves each socket on its own thread
+//! (accepting the VM again after it disconnects), and shuts down cleanly.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use pr_engine::EngineConfig;
+use pr_store::{SqliteStore, Store, StoreError};
+use tracing::{error, info};
+use vhost::vhost_user::Listener;
+use vhost_user_backend::VhostUserDaemon;
+use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
+
+use crate::backing::{Backing, BackingError};
+use crate::config::Config;
+use crate::lu::FencedLu;
+use crate::scsi::{DiskIdentity, DiskServer};
+use crate::target::Target;
+use crate::vhost::ScsiBackend;
+
+/// Why the target could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("logical unit {lu}: {source}")]
+    Backing {
+        lu: String,
+        #[source]
+        source: BackingError,
+    },
+    #[error("logical unit {lu}: {path} holds {bytes} bytes, not one block of {block_size}")]
+    Empty {
+        lu: String,
+        path: PathBuf,
+        bytes: u64,
+        block_size: u32,
+    },
+    #[error("store {path}: {source}")]
+    Store {
+        path: PathBuf,
+        #[source]
+        source: StoreError,
+    },
+    #[error("socket {path}: {source}")]
+    Socket {
+        path: PathBuf,
+        #[source]
+        source: vhost::vhost_user::Error,
+    },
+    #[error("socket {path}: cannot start its thread: {source}")]
+    Thread {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A running target.
+#[derive(Debug)]
+pub struct Server {
+    units: Vec<Arc<FencedLu<Backing>>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Server {
+    /// Opens every store and LU (each backing locked) and starts listening on every socket.
+    pub fn start(config: &Config) -> Result<Server, StartError> {
+        let mut stores: HashMap<PathBuf, Arc<dyn Store>> = HashMap::new();
+        let mut units = Vec::new();
+        for l in &config.lus {
+            let store = match stores.get(&l.store) {
+                Some(s) => s.clone(),
+                None => {
+                    let s: Arc<dyn Store> =
+                        Arc::new(SqliteStore::open(&l.store).map_err(|source| {
+                            StartError::Store {
+                                path: l.store.clone(),
+                                source,
+                            }
+                        })?);
+                    stores.insert(l.store.clone(), s.clone());
+                    s
+                }
+            };
+            let backing =
+                Backing::open(&l.path, l.read_only).map_err(|source| StartError::Backing {
+                    lu: l.name.to_string(),
+                    source,
+                })?;
+            let identity = DiskIdentity {
+                vendor: l.vendor,
+                product: l.product,
+                revision: *b"0001",
+                serial: l.serial.clone(),
+                naa: l.naa.clone(),
+            };
+            let disk = DiskServer::new(backing, identity, l.block_size, l.read_only);
+            if disk.blocks() == 0 {
+                return Err(StartError::Empty {
+                    lu: l.name.to_string(),
+                    path: l.path.clone(),
+                    bytes: crate::scsi::BlockDevice::size_bytes(disk.device()),
+                    block_size: l.block_size,
+                });
+            }
+            let lu = FencedLu::new(l.name.clone(), disk, store, EngineConfig::default()).map_err(
+                |source| StartError::Store {
+                    path: l.store.clone(),
+                    source,
+                },
+            )?;
+            units.push(lu);
+        }
+        // Attach every socket's nexus before the LUs are shared.
+        let mut slots = Vec::new();
+        for s in &config.sockets {
+            let m: BTreeMap<u16, (usize, _)> = s
+                .luns
+                .iter()
+                .map(|(&lun, &i)| (lun, (i, units[i].attach(s.nexus.clone()))))
+                .collect();
+            slots.push(m);
+        }
+        let units: Vec<Arc<FencedLu<Backing>>> = units.into_iter().map(Arc::new).collect();
+        let mut threads = Vec::new();
+        for (s, m) in config.sockets.iter().zip(slots) {
+            let luns = m
+                .into_iter()
+                .map(|(lun, (i, slot))| (lun, (units[i].clone(), slot)))
+                .collect();
+            let target = Arc::new(Target::new(s.nexus.clone(), luns));
+            let backend = Arc::new(ScsiBackend::new(target, s.request_queues));
+            let listener = Listener::new(&s.path, true).map_err(|source| StartError::Socket {
+                path: s.path.clone(),
+                source,
+            })?;
+            let path = s.path.clone();
+            let t = std::thread::Builder::new()
+                .name(format!("socket {}", s.path.display()))
+                .spawn(move || serve_socket(path, listener, backend))
+                .map_err(|source| StartError::Thread {
+                    path: s.path.clone(),
+                    source,
+                })?;
+            threads.push(t);
+            info!(
+                "serving {} as {:?} on relative target port {}",
+                s.path.display(),
+                s.nexus.initiator,
+                s.nexus.relative_target_port.0
+            );
+        }
+        Ok(Server { units, threads })
+    }
+
+    /// Stops admitting commands, waits for those in flight and flushes every medium. The
+    /// gates stay closed until the process exits; returns whether every flush succeeded.
+    pub fn shutdown(&self) -> bool {
+        let mut ok = true;
+        let mut closed = Vec::new();
+        for lu in &self.units {
+            let (gate, flushed) = lu.close();
+            if let Err(e) = flushed {
+                error!("{}: flush failed: {e}", lu.name());
+                ok = false;
+            }
+            closed.push(gate);
+        }
+        info!("{} logical units drained and flushed", closed.len());
+        // Exiting with the gates closed: nothing is admitted between here and exit.
+        std::mem::forget(closed);
+        ok
+    }
+
+    /// The socket threads (they run until the process exits).
+    pub fn threads(&self) -> usize {
+        self.threads.len()
+    }
+}
+
+/// Serves one socket: a VM connects, is served until it disconnects, and the socket listens
+/// again for it to come back.
+fn serve_socket(path: PathBuf, first: Listener, backend: Arc<ScsiBackend<Backing>>) {
+    let mut listener = Some(first);
+    loop {
+        let l = match listener.take() {
+            Some(l) => l,
+            None => match Listener::new(&path, true) {
+                Ok(l) => l,
+                Err(e) => {
+                    error!("{}: cannot listen again: {e}", path.display());
+                    return;
+                }
+            },
+        };
+        let memory = GuestMemoryAtomic::new(GuestMemoryMmap::new());
+        let mut daemon = match VhostUserDaemon::new("pr-target".into(), backend.clone(), memory) {
+            Ok(d) => d,
+            Err(e) => {
+                error!(
+                    "{}: cannot start the vhost-user device: {e}",
+                    path.display()
+                );
+                return;
+            }
+        };
+        match daemon.start(l).and_then(|()| daemon.wait()) {
+            Ok(()) => info!("{}: the VM disconnected; listening again", path.display()),
+            Err(e) => error!("{}: connection ended: {e}; listening again", path.display()),
+        }
+        backend.stop_workers();
+    }
+}

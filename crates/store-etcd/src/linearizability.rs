@@ -203,3 +203,133 @@ pub fn check_from(
     }
     Verdict::Linearizable(stack.into_iter().map(|(k, _)| entries[k].op).collect())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::history::Answer;
+    use crate::workload::{key, nexus, pr_in, pr_out};
+
+    /// A history of `cmds` run one after the other through the engine, each call taking 10
+    /// time units, with `overlap` units of overlap between neighbours.
+    fn sequential(cmds: &[(u16, (Vec<u8>, Vec<u8>))], overlap: u64) -> Vec<Event> {
+        let cfg = EngineConfig::default();
+        let mut lu = LogicalUnit::default();
+        cmds.iter()
+            .enumerate()
+            .map(|(i, (who, (cdb, params)))| {
+                let o = lu.execute(&nexus(*who), cdb, params, &cfg);
+                let answer = Answer::of(&o.reply);
+                o.commit(&mut lu);
+                let t = i as u64 * 10;
+                Event {
+                    client: format!("h/{who}"),
+                    nexus: nexus(*who),
+                    cdb: cdb.clone(),
+                    params: params.clone(),
+                    invoke: t,
+                    ret: t + 10 + overlap,
+                    result: Ending::Ok(answer),
+                }
+            })
+            .collect()
+    }
+
+    fn cmds() -> Vec<(u16, (Vec<u8>, Vec<u8>))> {
+        vec![
+            (1, pr_in(0)),
+            (1, pr_out(6, 0, 0, key(1))),
+            (2, pr_out(6, 0, 0, key(2))),
+            (2, pr_out(1, 5, key(2), 0)),
+            (1, pr_out(4, 5, key(1), key(2))),
+            (2, pr_in(0)),
+            (2, pr_in(0)),
+            (1, pr_in(1)),
+        ]
+    }
+
+    #[test]
+    fn accepts_what_the_engine_answers_in_order() {
+        let h = sequential(&cmds(), 0);
+        let cfg = EngineConfig::default();
+        assert_eq!(
+            check(&h, &cfg, 100_000),
+            Verdict::Linearizable((0..h.len()).collect())
+        );
+    }
+
+    #[test]
+    fn rejects_a_stale_read_and_accepts_it_when_the_calls_overlap() {
+        let cfg = EngineConfig::default();
+        // READ KEYS (event 0, before any registration) answered again after both REGISTERs
+        // returned: a stale answer.
+        let mut h = sequential(&cmds(), 0);
+        h[7] = Event {
+            cdb: h[0].cdb.clone(),
+            result: h[0].result.clone(),
+            ..h[7].clone()
+        };
+        assert!(matches!(
+            check(&h, &cfg, 100_000),
+            Verdict::Violation { .. }
+        ));
+        // The same answer from a call that overlapped the first REGISTER is fine.
+        let mut h = sequential(&cmds(), 0);
+        h[1].ret = 100;
+        h.push(Event {
+            invoke: h[1].invoke + 1,
+            ret: h[1].invoke + 2,
+            ..h[0].clone()
+        });
+        assert!(matches!(check(&h, &cfg, 100_000), Verdict::Linearizable(_)));
+    }
+
+    #[test]
+    fn a_command_applied_twice_is_caught_and_unknown_outcomes_may_apply_or_not() {
+        let cfg = EngineConfig::default();
+        // REGISTER once, but READ KEYS reports generation 2: only a second application explains
+        // it, and there was none.
+        let mut h = sequential(&[(1, pr_out(6, 0, 0, key(1))), (1, pr_in(0))], 0);
+        let twice = sequential(
+            &[
+                (1, pr_out(6, 0, 0, key(1))),
+                (1, pr_out(6, 0, 0, key(1) + 1)),
+                (1, pr_in(0)),
+            ],
+            0,
+        );
+        let Ending::Ok(mut a) = twice[2].result.clone() else {
+            unreachable!()
+        };
+        a.data[15] = 0x01; // the key of the first REGISTER, with generation 2
+        h[1].result = Ending::Ok(a);
+        assert!(matches!(
+            check(&h, &cfg, 100_000),
+            Verdict::Violation { .. }
+        ));
+        // A REGISTER whose outcome is unknown may or may not have happened.
+        let mut h = sequential(&[(1, pr_out(6, 0, 0, key(1))), (1, pr_in(0))], 0);
+        h[0].result = Ending::Unknown("lost".into());
+        assert!(matches!(check(&h, &cfg, 100_000), Verdict::Linearizable(_)));
+        let mut h0 = sequential(&[(1, pr_in(0))], 0);
+        h0.insert(
+            0,
+            Event {
+                result: Ending::Unknown("lost".into()),
+                ..h[0].clone()
+            },
+        );
+        h0[1].invoke = 20;
+        h0[1].ret = 30;
+        assert!(matches!(
+            check(&h0, &cfg, 100_000),
+            Verdict::Linearizable(_)
+        ));
+        // One that was not applied must not have happened.
+        h[0].result = Ending::NotApplied("down".into());
+        assert!(matches!(
+            check(&h, &cfg, 100_000),
+            Verdict::Violation { .. }
+        ));
+    }
+}

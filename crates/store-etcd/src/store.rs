@@ -66,8 +66,33 @@ struct Inner {
     next_seq: AtomicU64,
     in_flight: Mutex<BTreeSet<u64>>,
     seen: Mutex<HashMap<LuId, Seen>>,
+    /// Per logical unit: the commands of this process waiting for their transaction.
+    lanes: Mutex<HashMap<LuId, Arc<Lane>>>,
     counters: Counters,
 }
+
+/// Group commit on one logical unit within this process: one transaction in flight at a time,
+/// carrying every command queued behind it (so the hosts' clients contend in etcd as one
+/// client per host, not one per thread).
+#[derive(Default)]
+struct Lane {
+    queue: Mutex<Vec<Job>>,
+    turn: tokio::sync::Mutex<()>,
+}
+
+/// One command waiting in a lane.
+struct Job {
+    seq: u64,
+    nexus: Nexus,
+    cdb: Vec<u8>,
+    params: Vec<u8>,
+    config: EngineConfig,
+    deadline: Instant,
+    answer: tokio::sync::oneshot::Sender<Result<Outcome, StoreError>>,
+}
+
+/// Most commands in one transaction.
+pub const MAX_BATCH: usize = 128;
 
 impl std::fmt::Debug for EtcdStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -161,6 +186,7 @@ impl EtcdStore {
                 next_seq: AtomicU64::new(1),
                 in_flight: Mutex::new(BTreeSet::new()),
                 seen: Mutex::new(HashMap::new()),
+                lanes: Mutex::new(HashMap::new()),
                 counters: Counters::default(),
             }),
         };
@@ -262,10 +288,41 @@ impl EtcdStore {
     ) -> Result<Outcome, StoreError> {
         self.inner.lock_in_flight().insert(seq);
         let ctx = Ctx::new(&self.inner, lu);
-        let (nexus, cdb, params, config) =
-            (nexus.clone(), cdb.to_vec(), params.to_vec(), config.clone());
+        let lane = self.inner.lane(lu);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job = Job {
+            seq,
+            nexus: nexus.clone(),
+            cdb: cdb.to_vec(),
+            params: params.to_vec(),
+            config: config.clone(),
+            deadline: Instant::now() + self.inner.config.command_timeout,
+            answer: tx,
+        };
+        let describe = self.inner.describe.clone();
+        let lu_id = lu.clone();
         let r = self.block_for(Some(lu), self.inner.config.command_timeout, async move {
-            ctx.execute(seq, &nexus, &cdb, &params, &config).await
+            lane.queue
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(job);
+            // Whoever holds the lane runs everything queued on it as one transaction; our job
+            // is in that batch or in the next one, which we run ourselves.
+            {
+                let _turn = lane.turn.lock().await;
+                let batch =
+                    std::mem::take(&mut *lane.queue.lock().unwrap_or_else(PoisonError::into_inner));
+                if !batch.is_empty() {
+                    ctx.execute(batch).await;
+                }
+            }
+            rx.await.unwrap_or_else(|_| {
+                Err(StoreError::OutcomeUnknown {
+                    store: describe,
+                    lu: lu_id,
+                    detail: "the batch carrying the command was dropped".into(),
+                })
+            })
         });
         self.inner.lock_in_flight().remove(&seq);
         r
@@ -352,6 +409,15 @@ impl Inner {
                 map.insert(lu.clone(), seen);
             }
         }
+    }
+
+    fn lane(&self, lu: &LuId) -> Arc<Lane> {
+        let mut lanes = self.lanes.lock().unwrap_or_else(PoisonError::into_inner);
+        if lanes.len() > 4096 {
+            // Bound the map: lanes nobody holds go.
+            lanes.retain(|_, l| Arc::strong_count(l) > 1);
+        }
+        Arc::clone(lanes.entry(lu.clone()).or_default())
     }
 
     fn forget(&self, lu: &LuId) {
@@ -529,26 +595,42 @@ impl Ctx {
         }
     }
 
-    /// The command loop: run the engine on the latest known value, compare-and-swap, and on a
-    /// conflict run it again on the value the transaction returned, until the deadline.
-    async fn execute(
-        self,
-        seq: u64,
-        nexus: &Nexus,
-        cdb: &[u8],
-        params: &[u8],
-        config: &EngineConfig,
-    ) -> Result<Outcome, StoreError> {
-        let deadline = Instant::now() + self.inner.config.command_timeout;
+    /// The command loop for a batch of this process's commands on one logical unit: run the
+    /// engine on the latest known value for each command in turn, then one compare-and-swap
+    /// carrying the final state and every command's record; on a conflict run them all again
+    /// on the value the transaction returned, until the earliest deadline. Each job is
+    /// answered through its channel.
+    async fn execute(self, mut batch: Vec<Job>) {
+        while !batch.is_empty() {
+            let rest = if batch.len() > MAX_BATCH {
+                batch.split_off(MAX_BATCH)
+            } else {
+                Vec::new()
+            };
+            let answers = self.execute_batch(&batch).await;
+            for (job, answer) in batch.drain(..).zip(answers) {
+                let _ = job.answer.send(answer);
+            }
+            batch = rest;
+        }
+    }
+
+    async fn execute_batch(&self, batch: &[Job]) -> Vec<Result<Outcome, StoreError>> {
+        let deadline = batch
+            .iter()
+            .map(|j| j.deadline)
+            .min()
+            .unwrap_or_else(Instant::now);
         let mut current = self.inner.seen(&self.lu);
-        // A write of this command may have been applied without our hearing of it.
+        // A write of this batch may have been applied without our hearing of it.
         let mut ambiguous = false;
         let mut last = String::from("no answer");
+        let all = |e: StoreError| batch.iter().map(|_| Err(e.clone())).collect();
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 self.inner.forget(&self.lu);
-                return Err(if ambiguous {
+                return all(if ambiguous {
                     self.outcome_unknown(last)
                 } else {
                     self.unavailable("running the command", last)
@@ -556,54 +638,70 @@ impl Ctx {
             }
             let seen = match current.take() {
                 Some(s) => s,
-                None => match self.read(left).await? {
-                    Ok(s) => s,
-                    Err(e) => {
+                None => match self.read(left).await {
+                    Err(e) => return all(e),
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
                         last = e;
                         backoff(deadline).await;
                         continue;
                     }
                 },
             };
-            if let Some(r) = seen.value.recorded(&self.inner.client_id, seq) {
-                // An earlier attempt of this very command committed: its outcome, not a second
-                // application.
-                let c = &self.inner.counters;
-                c.deduplicated.fetch_add(1, Ordering::Relaxed);
-                let o = r.outcome(seen.value.state.clone());
-                self.inner.remember(&self.lu, seen);
-                return Ok(o);
-            }
             if ambiguous && !seen.value.clients.contains_key(&self.inner.client_id) {
                 self.inner.forget(&self.lu);
-                return Err(self.outcome_unknown(format!(
+                return all(self.outcome_unknown(format!(
                     "{last}; this client's record is not in the current state, so the earlier \
                      attempt cannot be ruled in or out"
                 )));
             }
-            let outcome = seen.value.state.execute(nexus, cdb, params, config);
-            let next = outcome.state.as_ref().map(|s| {
+            // Each command sees the state the one before it left.
+            let mut state = seen.value.state.clone();
+            let mut outcomes = Vec::with_capacity(batch.len());
+            let mut records = Vec::new();
+            let mut deduplicated = 0;
+            for job in batch {
+                if let Some(r) = seen.value.recorded(&self.inner.client_id, job.seq) {
+                    // An earlier attempt of this very command committed: its outcome, not a
+                    // second application.
+                    deduplicated += 1;
+                    outcomes.push(r.outcome(seen.value.state.clone()));
+                    continue;
+                }
+                let o = state.execute(&job.nexus, &job.cdb, &job.params, &job.config);
+                if let Some(next) = &o.state {
+                    state = next.clone();
+                    records.push(outcomes.len());
+                }
+                outcomes.push(o);
+            }
+            let next = (!records.is_empty()).then(|| {
                 // The snapshot of the calls in flight is taken after the value was read: a
                 // call whose command is recorded in it is still in this set unless it returned.
                 let in_flight: Vec<u64> = self.inner.lock_in_flight().iter().copied().collect();
-                seen.value.next(
-                    s.clone(),
-                    &self.inner.client_id,
-                    Some((seq, &outcome)),
-                    &in_flight,
-                )
+                let mut v = seen
+                    .value
+                    .next(state.clone(), &self.inner.client_id, None, &in_flight);
+                let entry = v.clients.entry(self.inner.client_id.clone()).or_default();
+                for &i in &records {
+                    entry.done.insert(
+                        batch[i].seq,
+                        crate::record::RecordedOutcome::of(&outcomes[i]),
+                    );
+                }
+                v
             });
-            match self
-                .cas(seen.revision, next.as_ref().map(Some), left)
-                .await?
-            {
-                Cas::Done(revision) => {
+            match self.cas(seen.revision, next.as_ref().map(Some), left).await {
+                Err(e) => return all(e),
+                Ok(Cas::Done(revision)) => {
+                    let c = &self.inner.counters;
+                    c.deduplicated.fetch_add(deduplicated, Ordering::Relaxed);
                     let value = next.unwrap_or(seen.value);
                     self.inner.remember(&self.lu, Seen { revision, value });
-                    return Ok(outcome);
+                    return outcomes.into_iter().map(Ok).collect();
                 }
-                Cas::Conflict(now) => current = Some(now),
-                Cas::Failed(e) => {
+                Ok(Cas::Conflict(now)) => current = Some(now),
+                Ok(Cas::Failed(e)) => {
                     ambiguous |= next.is_some();
                     last = e;
                     backoff(deadline).await;

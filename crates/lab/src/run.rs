@@ -552,9 +552,11 @@ fn run_steps(
                         let what = format!("service action {sa}, allocation length {alloc}");
                         let ours = on_every_path(&mut ours_path, &lio, *initiator, &op)
                             .map_err(|e| at(format!("{what}: {e}")))?
+                            .0
                             .remove(0);
                         let direct = on_every_path(&mut direct_path, &lio, *initiator, &op)
                             .map_err(|e| at(format!("{what}: {e}")))?
+                            .0
                             .remove(0);
                         if ours.status != 0 {
                             return Err(at(format!("{what}: {}", ours.describe())));
@@ -572,7 +574,7 @@ fn run_steps(
                         n += 1;
                     }
                 }
-                ours_alive(&mut helpers).map_err(at)?;
+                ours_alive(helpers).map_err(at)?;
                 // The helper logs (at -v) each time it answers a read through SG_IO instead.
                 let text = helpers[0].log_text();
                 let new = text.get(before..).unwrap_or_default();

@@ -35,6 +35,14 @@ pub enum ErrorKind {
     ReadOnly,
     /// The store cannot do the operation as one atomic transaction.
     Unsupported,
+    /// A networked store's servers (etcd) did not answer within the configured timeout:
+    /// nothing was applied by this call.
+    Unavailable,
+    /// A networked store lost contact while a write was in flight and could not find out, within
+    /// the timeout, whether it was applied; it will not be applied later by this call.
+    OutcomeUnknown,
+    /// A store's configuration (endpoints, TLS files, prefix, timeouts) was refused.
+    Config,
 }
 
 /// Why a store operation failed. Each variant names the input that was wrong: the database
@@ -153,6 +161,55 @@ pub enum StoreError {
         /// The operation.
         operation: &'static str,
     },
+    /// A networked store's servers did not answer within the timeout; nothing was applied.
+    #[error(
+        "{store}: {operation}{} got no answer within {timeout:?} ({detail})",
+        for_lu(lu)
+    )]
+    Unavailable {
+        /// The store (its kind and endpoints).
+        store: String,
+        /// The logical unit the operation was for, if any.
+        lu: Option<LuId>,
+        /// What the store was doing.
+        operation: &'static str,
+        /// The timeout that expired.
+        timeout: Duration,
+        /// The last error seen.
+        detail: String,
+    },
+    /// A write was in flight when contact was lost, and whether it was applied could not be
+    /// found out within the timeout (it is never applied later by this call).
+    #[error(
+        "{store}: whether the command on {lu} was applied is unknown ({detail}); read the \
+         reservation state before retrying"
+    )]
+    OutcomeUnknown {
+        /// The store (its kind and endpoints).
+        store: String,
+        /// The logical unit.
+        lu: LuId,
+        /// The last error seen.
+        detail: String,
+    },
+    /// A server of a networked store refused an operation.
+    #[error("{store}: {operation} failed{}: {detail}", for_lu(lu))]
+    Server {
+        /// The store (its kind and endpoints).
+        store: String,
+        /// The logical unit the operation was for, if any.
+        lu: Option<LuId>,
+        /// What the store was doing.
+        operation: &'static str,
+        /// The server's answer.
+        detail: String,
+    },
+    /// A store's configuration was refused.
+    #[error("invalid store configuration: {detail}")]
+    Config {
+        /// What is wrong, naming the setting and what was expected.
+        detail: String,
+    },
 }
 
 fn for_lu(lu: &Option<LuId>) -> String {
@@ -175,6 +232,10 @@ impl StoreError {
             StoreError::Closed { .. } => ErrorKind::Closed,
             StoreError::ReadOnly { .. } => ErrorKind::ReadOnly,
             StoreError::Unsupported { .. } => ErrorKind::Unsupported,
+            StoreError::Unavailable { .. } => ErrorKind::Unavailable,
+            StoreError::OutcomeUnknown { .. } => ErrorKind::OutcomeUnknown,
+            StoreError::Server { .. } => ErrorKind::Database,
+            StoreError::Config { .. } => ErrorKind::Config,
         }
     }
 }

@@ -1,0 +1,874 @@
+//! [`EtcdStore`]: `pr_store::Store` over etcd v3, one compare-and-swap transaction per command.
+
+use std::collections::{BTreeSet, HashMap};
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use etcd_client::{
+    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, KvClient,
+    TlsOptions, Txn, TxnOp, TxnOpResponse,
+};
+use pr_engine::{EngineConfig, LogicalUnit, Nexus, Outcome};
+use pr_store::{LuId, Store, StoreError};
+
+use crate::config::EtcdConfig;
+use crate::record::{Stored, FORMAT};
+
+/// Most bytes accepted in one stored value (etcd's own default request limit is 1.5 MiB).
+pub const MAX_VALUE_LEN: usize = 1 << 20;
+
+/// A logical unit's value as last seen by this store: a guess for the next compare-and-swap,
+/// never an answer by itself (see docs/etcd.md).
+#[derive(Debug, Clone)]
+struct Seen {
+    /// The key's mod_revision (0: no key).
+    revision: i64,
+    value: Stored,
+}
+
+/// Counters of one store, since it was opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct EtcdStatistics {
+    /// Transactions sent (each one round trip).
+    pub transactions: u64,
+    /// Transactions whose compare failed because another client had written first.
+    pub conflicts: u64,
+    /// Requests that failed or timed out and were retried.
+    pub retries: u64,
+    /// Commands answered from the record of an earlier attempt that had committed.
+    pub deduplicated: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    transactions: AtomicU64,
+    conflicts: AtomicU64,
+    retries: AtomicU64,
+    deduplicated: AtomicU64,
+}
+
+/// The etcd store (see the crate documentation and docs/etcd.md).
+pub struct EtcdStore {
+    runtime: tokio::runtime::Runtime,
+    inner: Arc<Inner>,
+}
+
+/// What the store's futures share with it.
+struct Inner {
+    client: Client,
+    config: EtcdConfig,
+    /// `etcd [endpoints] prefix`, for error messages.
+    describe: String,
+    /// `HOST#INCARNATION`: this store instance, in the records of its commands.
+    client_id: String,
+    next_seq: AtomicU64,
+    in_flight: Mutex<BTreeSet<u64>>,
+    seen: Mutex<HashMap<LuId, Seen>>,
+    /// Per logical unit: the commands of this process waiting for their transaction.
+    lanes: Mutex<HashMap<LuId, Arc<Lane>>>,
+    counters: Counters,
+}
+
+/// Group commit on one logical unit within this process: one transaction in flight at a time,
+/// carrying every command queued behind it (so the hosts' clients contend in etcd as one
+/// client per host, not one per thread).
+#[derive(Default)]
+struct Lane {
+    queue: Mutex<Vec<Job>>,
+    turn: tokio::sync::Mutex<()>,
+}
+
+/// One command waiting in a lane.
+struct Job {
+    seq: u64,
+    nexus: Nexus,
+    cdb: Vec<u8>,
+    params: Vec<u8>,
+    config: EngineConfig,
+    deadline: Instant,
+    answer: tokio::sync::oneshot::Sender<Result<Outcome, StoreError>>,
+}
+
+/// Most commands in one transaction.
+pub const MAX_BATCH: usize = 128;
+
+impl std::fmt::Debug for EtcdStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdStore")
+            .field("store", &self.inner.describe)
+            .field("client_id", &self.inner.client_id)
+            .finish_non_exhaustive()
+    }
+}
+
+fn host_name() -> String {
+    rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// A number unlikely to repeat across restarts of this host's store: wall-clock nanoseconds
+/// mixed with the process id.
+fn incarnation() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    nanos ^ (u64::from(rustix::process::getpid().as_raw_nonzero().get() as u32) << 40)
+}
+
+impl EtcdStore {
+    /// Connects to the cluster in `config` and checks, within `connect_timeout`, that it
+    /// answers a linearizable read. Bad settings are [`StoreError::Config`] (naming the
+    /// setting), a TLS file that cannot be read too; a cluster that does not answer is
+    /// [`StoreError::Unavailable`].
+    pub fn open(config: EtcdConfig) -> Result<EtcdStore, StoreError> {
+        config.validate()?;
+        let describe = format!("etcd [{}] {}", config.endpoints.join(","), config.prefix);
+        let mut options = ConnectOptions::new()
+            .with_connect_timeout(config.connect_timeout)
+            .with_timeout(config.request_timeout)
+            .with_keep_alive(config.request_timeout / 2, config.request_timeout)
+            .with_keep_alive_while_idle(true)
+            .with_require_leader(true);
+        if let Some(t) = &config.tls {
+            let read = |what: &str, p: &std::path::Path| {
+                std::fs::read(p).map_err(|e| StoreError::Config {
+                    detail: format!("etcd tls {what} {}: {e}", p.display()),
+                })
+            };
+            let mut tls =
+                TlsOptions::new().ca_certificate(Certificate::from_pem(read("ca", &t.ca)?));
+            if let (Some(c), Some(k)) = (&t.cert, &t.key) {
+                tls = tls.identity(Identity::from_pem(read("cert", c)?, read("key", k)?));
+            }
+            if let Some(d) = &t.domain {
+                tls = tls.domain_name(d.clone());
+            }
+            options = options.with_tls(tls);
+        }
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("pr-store-etcd")
+            .enable_all()
+            .build()
+            .map_err(|e| StoreError::Config {
+                detail: format!("cannot start the etcd client's threads: {e}"),
+            })?;
+        let endpoints = config.endpoints.clone();
+        let connect_timeout = config.connect_timeout;
+        let client = runtime
+            .block_on(async {
+                tokio::time::timeout(connect_timeout, Client::connect(endpoints, Some(options)))
+                    .await
+            })
+            .map_err(|_| StoreError::Unavailable {
+                store: describe.clone(),
+                lu: None,
+                operation: "connecting",
+                timeout: connect_timeout,
+                detail: "no answer".into(),
+            })?
+            .map_err(|e| StoreError::Config {
+                detail: format!("{describe}: {e}"),
+            })?;
+        let host = config.host_id.clone().unwrap_or_else(host_name);
+        let store = EtcdStore {
+            runtime,
+            inner: Arc::new(Inner {
+                client,
+                describe,
+                client_id: format!("{host}#{:016x}", incarnation()),
+                config,
+                next_seq: AtomicU64::new(1),
+                in_flight: Mutex::new(BTreeSet::new()),
+                seen: Mutex::new(HashMap::new()),
+                lanes: Mutex::new(HashMap::new()),
+                counters: Counters::default(),
+            }),
+        };
+        // One linearizable read proves the cluster has a leader and answers.
+        let mut kv = store.inner.client.kv_client();
+        let prefix = store.inner.config.prefix.clone();
+        let request = store.inner.config.request_timeout;
+        let inner = Arc::clone(&store.inner);
+        store.block(connect_timeout, async move {
+            let deadline = Instant::now() + connect_timeout;
+            let mut last = String::from("no answer");
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(StoreError::Unavailable {
+                        store: inner.describe.clone(),
+                        lu: None,
+                        operation: "connecting",
+                        timeout: connect_timeout,
+                        detail: last,
+                    });
+                }
+                let get = kv.get(prefix.clone(), Some(GetOptions::new().with_count_only()));
+                match tokio::time::timeout(left.min(request), get).await {
+                    Ok(Ok(_)) => return Ok(()),
+                    Ok(Err(e)) => last = e.to_string(),
+                    Err(_) => last = format!("no answer within {:?}", left.min(request)),
+                }
+                backoff(deadline).await;
+            }
+        })?;
+        Ok(store)
+    }
+
+    /// The configuration the store was opened with.
+    pub fn config(&self) -> &EtcdConfig {
+        &self.inner.config
+    }
+
+    /// This store instance's identity in the records of its commands (`HOST#INCARNATION`).
+    pub fn client_id(&self) -> &str {
+        &self.inner.client_id
+    }
+
+    /// The store's counters.
+    pub fn statistics(&self) -> EtcdStatistics {
+        let c = &self.inner.counters;
+        EtcdStatistics {
+            transactions: c.transactions.load(Ordering::Relaxed),
+            conflicts: c.conflicts.load(Ordering::Relaxed),
+            retries: c.retries.load(Ordering::Relaxed),
+            deduplicated: c.deduplicated.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The etcd key of `lu`.
+    pub fn key(&self, lu: &LuId) -> String {
+        self.inner.key(lu)
+    }
+
+    /// The whole stored value of `lu` (its state and the command records), by a linearizable
+    /// read; `None` when there is none.
+    pub fn load_stored(&self, lu: &LuId) -> Result<Option<Stored>, StoreError> {
+        let ctx = Ctx::new(&self.inner, lu);
+        self.block(self.inner.config.command_timeout, async move {
+            let deadline = Instant::now() + ctx.inner.config.command_timeout;
+            let mut last = String::from("no answer");
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(ctx.unavailable("reading the state", last));
+                }
+                match ctx.read(left).await? {
+                    Ok(s) if s.revision == 0 => return Ok(None),
+                    Ok(s) => return Ok(Some(s.value)),
+                    Err(e) => last = e,
+                }
+                backoff(deadline).await;
+            }
+        })
+    }
+
+    /// A fresh command sequence number for [`EtcdStore::execute_as`].
+    pub fn new_sequence(&self) -> u64 {
+        self.inner.next_seq.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// [`Store::execute`] with the caller's sequence number: a second call with the same `seq`
+    /// (a retry by the caller after an error) answers the first call's outcome if that one
+    /// was committed and its record is still kept, and never applies the command twice.
+    pub fn execute_as(
+        &self,
+        seq: u64,
+        lu: &LuId,
+        nexus: &Nexus,
+        cdb: &[u8],
+        params: &[u8],
+        config: &EngineConfig,
+    ) -> Result<Outcome, StoreError> {
+        self.inner.lock_in_flight().insert(seq);
+        let ctx = Ctx::new(&self.inner, lu);
+        let lane = self.inner.lane(lu);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job = Job {
+            seq,
+            nexus: nexus.clone(),
+            cdb: cdb.to_vec(),
+            params: params.to_vec(),
+            config: config.clone(),
+            deadline: Instant::now() + self.inner.config.command_timeout,
+            answer: tx,
+        };
+        let describe = self.inner.describe.clone();
+        let lu_id = lu.clone();
+        let r = self.block_for(Some(lu), self.inner.config.command_timeout, async move {
+            lane.queue
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(job);
+            // Whoever holds the lane runs everything queued on it as one transaction; our job
+            // is in that batch or in the next one, which we run ourselves.
+            {
+                let _turn = lane.turn.lock().await;
+                let batch =
+                    std::mem::take(&mut *lane.queue.lock().unwrap_or_else(PoisonError::into_inner));
+                if !batch.is_empty() {
+                    ctx.execute(batch).await;
+                }
+            }
+            rx.await.unwrap_or_else(|_| {
+                Err(StoreError::OutcomeUnknown {
+                    store: describe,
+                    lu: lu_id,
+                    detail: "the batch carrying the command was dropped".into(),
+                })
+            })
+        });
+        self.inner.lock_in_flight().remove(&seq);
+        r
+    }
+
+    /// Runs `fut` on the store's runtime and waits for it from this (any) thread, at most
+    /// `timeout` and a second (the future bounds itself by `timeout`; this is a backstop, and
+    /// since the future may still be writing then, its error for a write is
+    /// [`StoreError::OutcomeUnknown`]).
+    fn block<T: Send + 'static>(
+        &self,
+        timeout: Duration,
+        fut: impl Future<Output = Result<T, StoreError>> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        self.block_for(None, timeout, fut)
+    }
+
+    fn block_for<T: Send + 'static>(
+        &self,
+        writing: Option<&LuId>,
+        timeout: Duration,
+        fut: impl Future<Output = Result<T, StoreError>> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.runtime.spawn(async move {
+            let _ = tx.send(fut.await);
+        });
+        rx.recv_timeout(timeout + Duration::from_secs(1))
+            .unwrap_or_else(|_| {
+                let detail = "the etcd client did not answer".to_string();
+                Err(match writing {
+                    Some(lu) => StoreError::OutcomeUnknown {
+                        store: self.inner.describe.clone(),
+                        lu: lu.clone(),
+                        detail,
+                    },
+                    None => StoreError::Unavailable {
+                        store: self.inner.describe.clone(),
+                        lu: None,
+                        operation: "waiting for the etcd client",
+                        timeout,
+                        detail,
+                    },
+                })
+            })
+    }
+
+    /// The state-changing operations other than execute: read-modify-write by compare-and-swap.
+    fn modify(
+        &self,
+        lu: &LuId,
+        operation: &'static str,
+        f: impl Fn(&Stored, bool) -> Option<Option<LogicalUnit>> + Send + Sync + 'static,
+    ) -> Result<(), StoreError> {
+        let ctx = Ctx::new(&self.inner, lu);
+        self.block_for(Some(lu), self.inner.config.command_timeout, async move {
+            ctx.modify(operation, f).await
+        })
+    }
+}
+
+impl Inner {
+    fn key(&self, lu: &LuId) -> String {
+        format!("{}lu/{}", self.config.prefix, lu)
+    }
+
+    fn lock_in_flight(&self) -> std::sync::MutexGuard<'_, BTreeSet<u64>> {
+        self.in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn seen(&self, lu: &LuId) -> Option<Seen> {
+        let seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        seen.get(lu).cloned()
+    }
+
+    /// Keeps `seen` as the guess for the next command on `lu`, unless a newer one is kept.
+    fn remember(&self, lu: &LuId, seen: Seen) {
+        let mut map = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        match map.get(lu) {
+            Some(s) if s.revision > seen.revision => {}
+            _ => {
+                map.insert(lu.clone(), seen);
+            }
+        }
+    }
+
+    fn lane(&self, lu: &LuId) -> Arc<Lane> {
+        let mut lanes = self.lanes.lock().unwrap_or_else(PoisonError::into_inner);
+        if lanes.len() > 4096 {
+            // Bound the map: lanes nobody holds go.
+            lanes.retain(|_, l| Arc::strong_count(l) > 1);
+        }
+        Arc::clone(lanes.entry(lu.clone()).or_default())
+    }
+
+    fn forget(&self, lu: &LuId) {
+        let mut map = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        map.remove(lu);
+    }
+}
+
+/// One operation on one logical unit, as a `'static` future's context.
+struct Ctx {
+    inner: Arc<Inner>,
+    kv: KvClient,
+    key: String,
+    lu: LuId,
+}
+
+/// The answer of one compare-and-swap.
+enum Cas {
+    /// The compare held (and the write, if any, was applied at this revision).
+    Done(i64),
+    /// Another client wrote first: the current value.
+    Conflict(Seen),
+    /// No answer: the request may have reached etcd (and a write may have been applied).
+    Failed(String),
+}
+
+impl Ctx {
+    fn new(inner: &Arc<Inner>, lu: &LuId) -> Ctx {
+        Ctx {
+            inner: Arc::clone(inner),
+            kv: inner.client.kv_client(),
+            key: inner.key(lu),
+            lu: lu.clone(),
+        }
+    }
+
+    fn corrupt(&self, e: serde_json::Error) -> StoreError {
+        StoreError::CorruptState {
+            path: format!("{} {}", self.inner.describe, self.key).into(),
+            lu: self.lu.clone(),
+            source: Arc::new(e),
+        }
+    }
+
+    fn decode(&self, kv: Option<&etcd_client::KeyValue>) -> Result<Seen, StoreError> {
+        let Some(kv) = kv else {
+            return Ok(Seen {
+                revision: 0,
+                value: Stored::default(),
+            });
+        };
+        if kv.value().len() > MAX_VALUE_LEN {
+            return Err(self.server(
+                "reading the state",
+                format!(
+                    "the stored value has {} bytes, more than {MAX_VALUE_LEN}",
+                    kv.value().len()
+                ),
+            ));
+        }
+        let value: Stored = serde_json::from_slice(kv.value()).map_err(|e| self.corrupt(e))?;
+        if value.format > FORMAT {
+            return Err(self.server(
+                "reading the state",
+                format!(
+                    "stored format {} is newer than {FORMAT}, which this pr-helper understands; \
+                     upgrade pr-helper",
+                    value.format
+                ),
+            ));
+        }
+        Ok(Seen {
+            revision: kv.mod_revision(),
+            value,
+        })
+    }
+
+    fn server(&self, operation: &'static str, detail: String) -> StoreError {
+        StoreError::Server {
+            store: self.inner.describe.clone(),
+            lu: Some(self.lu.clone()),
+            operation,
+            detail,
+        }
+    }
+
+    fn outcome_unknown(&self, detail: String) -> StoreError {
+        StoreError::OutcomeUnknown {
+            store: self.inner.describe.clone(),
+            lu: self.lu.clone(),
+            detail,
+        }
+    }
+
+    fn unavailable(&self, operation: &'static str, detail: String) -> StoreError {
+        StoreError::Unavailable {
+            store: self.inner.describe.clone(),
+            lu: Some(self.lu.clone()),
+            operation,
+            timeout: self.inner.config.command_timeout,
+            detail,
+        }
+    }
+
+    /// A linearizable read of the current value (`Err(text)`: no answer).
+    async fn read(&self, left: Duration) -> Result<Result<Seen, String>, StoreError> {
+        let mut kv = self.kv.clone();
+        let wait = left.min(self.inner.config.request_timeout);
+        match tokio::time::timeout(wait, kv.get(self.key.clone(), None)).await {
+            Ok(Ok(r)) => Ok(Ok(self.decode(r.kvs().first())?)),
+            Ok(Err(e)) => Ok(Err(e.to_string())),
+            Err(_) => Ok(Err(format!("no answer within {wait:?}"))),
+        }
+    }
+
+    /// One transaction: if the key's mod_revision is still `revision`, write `value`
+    /// (`None`: nothing, a linearizable check that `revision` is current; `Some(None)`: delete
+    /// the key); else read the current value.
+    async fn cas(
+        &self,
+        revision: i64,
+        value: Option<Option<&Stored>>,
+        left: Duration,
+    ) -> Result<Cas, StoreError> {
+        let then = match value {
+            None => vec![],
+            Some(None) => vec![TxnOp::delete(self.key.clone(), None)],
+            Some(Some(v)) => {
+                let json = serde_json::to_vec(v).expect("a stored value serializes");
+                if json.len() > MAX_VALUE_LEN {
+                    return Err(self.server(
+                        "writing the state",
+                        format!(
+                            "the state would take {} bytes, more than {MAX_VALUE_LEN}",
+                            json.len()
+                        ),
+                    ));
+                }
+                vec![TxnOp::put(self.key.clone(), json, None)]
+            }
+        };
+        let txn = Txn::new()
+            .when([Compare::mod_revision(
+                self.key.clone(),
+                CompareOp::Equal,
+                revision,
+            )])
+            .and_then(then)
+            .or_else([TxnOp::get(self.key.clone(), None)]);
+        let mut kv = self.kv.clone();
+        let wait = left.min(self.inner.config.request_timeout);
+        let c = &self.inner.counters;
+        c.transactions.fetch_add(1, Ordering::Relaxed);
+        match tokio::time::timeout(wait, kv.txn(txn)).await {
+            Ok(Ok(r)) if r.succeeded() => Ok(Cas::Done(match value {
+                Some(_) => r.header().map(|h| h.revision()).unwrap_or(0),
+                None => revision,
+            })),
+            Ok(Ok(r)) => {
+                c.conflicts.fetch_add(1, Ordering::Relaxed);
+                let current = r.op_responses().into_iter().find_map(|op| match op {
+                    TxnOpResponse::Get(g) => g.kvs().first().cloned(),
+                    _ => None,
+                });
+                Ok(Cas::Conflict(self.decode(current.as_ref())?))
+            }
+            Ok(Err(e)) => {
+                c.retries.fetch_add(1, Ordering::Relaxed);
+                Ok(Cas::Failed(e.to_string()))
+            }
+            Err(_) => {
+                c.retries.fetch_add(1, Ordering::Relaxed);
+                Ok(Cas::Failed(format!("no answer within {wait:?}")))
+            }
+        }
+    }
+
+    /// The command loop for a batch of this process's commands on one logical unit: run the
+    /// engine on the latest known value for each command in turn, then one compare-and-swap
+    /// carrying the final state and every command's record; on a conflict run them all again
+    /// on the value the transaction returned, until the earliest deadline. Each job is
+    /// answered through its channel.
+    async fn execute(self, mut batch: Vec<Job>) {
+        while !batch.is_empty() {
+            let rest = if batch.len() > MAX_BATCH {
+                batch.split_off(MAX_BATCH)
+            } else {
+                Vec::new()
+            };
+            let answers = self.execute_batch(&batch).await;
+            for (job, answer) in batch.drain(..).zip(answers) {
+                let _ = job.answer.send(answer);
+            }
+            batch = rest;
+        }
+    }
+
+    async fn execute_batch(&self, batch: &[Job]) -> Vec<Result<Outcome, StoreError>> {
+        let deadline = batch
+            .iter()
+            .map(|j| j.deadline)
+            .min()
+            .unwrap_or_else(Instant::now);
+        let mut current = self.inner.seen(&self.lu);
+        // A write of this batch may have been applied without our hearing of it.
+        let mut ambiguous = false;
+        let mut last = String::from("no answer");
+        let all = |e: StoreError| batch.iter().map(|_| Err(e.clone())).collect();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                self.inner.forget(&self.lu);
+                return all(if ambiguous {
+                    self.outcome_unknown(last)
+                } else {
+                    self.unavailable("running the command", last)
+                });
+            }
+            let seen = match current.take() {
+                Some(s) => s,
+                None => match self.read(left).await {
+                    Err(e) => return all(e),
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        last = e;
+                        backoff(deadline).await;
+                        continue;
+                    }
+                },
+            };
+            if ambiguous && !seen.value.clients.contains_key(&self.inner.client_id) {
+                self.inner.forget(&self.lu);
+                return all(self.outcome_unknown(format!(
+                    "{last}; this client's record is not in the current state, so the earlier \
+                     attempt cannot be ruled in or out"
+                )));
+            }
+            // Each command sees the state the one before it left.
+            let mut state = seen.value.state.clone();
+            let mut outcomes = Vec::with_capacity(batch.len());
+            let mut records = Vec::new();
+            let mut deduplicated = 0;
+            for job in batch {
+                if let Some(r) = seen.value.recorded(&self.inner.client_id, job.seq) {
+                    // An earlier attempt of this very command committed: its outcome, not a
+                    // second application.
+                    deduplicated += 1;
+                    outcomes.push(r.outcome(seen.value.state.clone()));
+                    continue;
+                }
+                let o = state.execute(&job.nexus, &job.cdb, &job.params, &job.config);
+                if let Some(next) = &o.state {
+                    state = next.clone();
+                    records.push(outcomes.len());
+                }
+                outcomes.push(o);
+            }
+            let next = (!records.is_empty()).then(|| {
+                // The snapshot of the calls in flight is taken after the value was read: a
+                // call whose command is recorded in it is still in this set unless it returned.
+                let in_flight: Vec<u64> = self.inner.lock_in_flight().iter().copied().collect();
+                let mut v = seen
+                    .value
+                    .next(state.clone(), &self.inner.client_id, None, &in_flight);
+                let entry = v.clients.entry(self.inner.client_id.clone()).or_default();
+                for &i in &records {
+                    entry.done.insert(
+                        batch[i].seq,
+                        crate::record::RecordedOutcome::of(&outcomes[i]),
+                    );
+                }
+                v
+            });
+            match self.cas(seen.revision, next.as_ref().map(Some), left).await {
+                Err(e) => return all(e),
+                Ok(Cas::Done(revision)) => {
+                    let c = &self.inner.counters;
+                    c.deduplicated.fetch_add(deduplicated, Ordering::Relaxed);
+                    let value = next.unwrap_or(seen.value);
+                    self.inner.remember(&self.lu, Seen { revision, value });
+                    return outcomes.into_iter().map(Ok).collect();
+                }
+                Ok(Cas::Conflict(now)) => current = Some(now),
+                Ok(Cas::Failed(e)) => {
+                    ambiguous |= next.is_some();
+                    last = e;
+                    backoff(deadline).await;
+                }
+            }
+        }
+    }
+
+    /// Read-modify-write for power loss, clear and import: `f(value, exists)` gives the new
+    /// state (`Some(None)`: delete the key) or `None` (nothing to do). After a write whose
+    /// answer was lost, only a current state equal to the intended one counts as done;
+    /// anything else is [`StoreError::OutcomeUnknown`], never a second application.
+    async fn modify(
+        self,
+        operation: &'static str,
+        f: impl Fn(&Stored, bool) -> Option<Option<LogicalUnit>>,
+    ) -> Result<(), StoreError> {
+        let deadline = Instant::now() + self.inner.config.command_timeout;
+        let mut current = None;
+        let mut last = String::from("no answer");
+        let mut intended: Option<Option<LogicalUnit>> = None;
+        self.inner.forget(&self.lu);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(match intended {
+                    Some(_) => self.outcome_unknown(last),
+                    None => self.unavailable(operation, last),
+                });
+            }
+            let seen = match current.take() {
+                Some(s) => s,
+                None => match self.read(left).await? {
+                    Ok(s) => s,
+                    Err(e) => {
+                        last = e;
+                        backoff(deadline).await;
+                        continue;
+                    }
+                },
+            };
+            let exists = seen.revision != 0;
+            if let Some(want) = &intended {
+                let now = exists.then_some(&seen.value.state);
+                return if now == want.as_ref() {
+                    Ok(())
+                } else {
+                    Err(self.outcome_unknown(format!(
+                        "{last}; the state now is neither the one before nor the one intended"
+                    )))
+                };
+            }
+            let Some(change) = f(&seen.value, exists) else {
+                return Ok(());
+            };
+            let next = change
+                .as_ref()
+                .map(|s| seen.value.next(s.clone(), &self.inner.client_id, None, &[]));
+            match self.cas(seen.revision, Some(next.as_ref()), left).await? {
+                Cas::Done(_) => return Ok(()),
+                Cas::Conflict(now) => current = Some(now),
+                Cas::Failed(e) => {
+                    intended = Some(change);
+                    last = e;
+                    backoff(deadline).await;
+                }
+            }
+        }
+    }
+}
+
+async fn backoff(deadline: Instant) {
+    let left = deadline.saturating_duration_since(Instant::now());
+    tokio::time::sleep(Duration::from_millis(25).min(left)).await;
+}
+
+impl Store for EtcdStore {
+    fn execute(
+        &self,
+        lu: &LuId,
+        nexus: &Nexus,
+        cdb: &[u8],
+        params: &[u8],
+        config: &EngineConfig,
+    ) -> Result<Outcome, StoreError> {
+        let seq = self.new_sequence();
+        self.execute_as(seq, lu, nexus, cdb, params, config)
+    }
+
+    fn load(&self, lu: &LuId) -> Result<Option<LogicalUnit>, StoreError> {
+        Ok(self.load_stored(lu)?.map(|s| s.state))
+    }
+
+    fn list(&self) -> Result<Vec<LuId>, StoreError> {
+        let prefix = format!("{}lu/", self.inner.config.prefix);
+        let inner = Arc::clone(&self.inner);
+        let strip = prefix.len();
+        let keys = self.block(self.inner.config.command_timeout, async move {
+            let mut kv = inner.client.kv_client();
+            let deadline = Instant::now() + inner.config.command_timeout;
+            let mut last = String::from("no answer");
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(StoreError::Unavailable {
+                        store: inner.describe.clone(),
+                        lu: None,
+                        operation: "listing logical units",
+                        timeout: inner.config.command_timeout,
+                        detail: last,
+                    });
+                }
+                let wait = left.min(inner.config.request_timeout);
+                let get = kv.get(
+                    prefix.clone(),
+                    Some(GetOptions::new().with_prefix().with_keys_only()),
+                );
+                match tokio::time::timeout(wait, get).await {
+                    Ok(Ok(r)) => {
+                        return Ok(r
+                            .kvs()
+                            .iter()
+                            .map(|kv| kv.key().to_vec())
+                            .collect::<Vec<_>>())
+                    }
+                    Ok(Err(e)) => last = e.to_string(),
+                    Err(_) => last = format!("no answer within {wait:?}"),
+                }
+                backoff(deadline).await;
+            }
+        })?;
+        let mut ids = keys
+            .into_iter()
+            .map(|k| {
+                let id = String::from_utf8_lossy(k.get(strip..).unwrap_or_default()).into_owned();
+                LuId::new(id).map_err(|e| StoreError::Server {
+                    store: self.inner.describe.clone(),
+                    lu: None,
+                    operation: "listing logical units",
+                    detail: format!("a stored key is not a logical unit: {e}"),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        ids.sort();
+        Ok(ids)
+    }
+
+    fn power_loss(&self, lu: &LuId) -> Result<(), StoreError> {
+        self.modify(lu, "power loss", |v, exists| {
+            exists.then(|| Some(v.state.power_loss()))
+        })
+    }
+
+    fn clear(&self, lu: &LuId) -> Result<(), StoreError> {
+        self.modify(lu, "clearing", |_, exists| exists.then_some(None))
+    }
+
+    fn import(&self, lu: &LuId, state: &LogicalUnit) -> Result<(), StoreError> {
+        state
+            .check_invariants()
+            .map_err(|reason| StoreError::InvalidState {
+                lu: lu.clone(),
+                reason,
+            })?;
+        let state = state.clone();
+        self.modify(lu, "importing", move |v, _| {
+            (v.state != state).then(|| Some(state.clone()))
+        })
+    }
+}

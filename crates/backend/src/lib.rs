@@ -60,7 +60,7 @@ pub enum BackendError {
     Store {
         lu: String,
         #[source]
-        source: pr_store::StoreError,
+        source: Box<pr_store::StoreError>,
     },
 }
 

@@ -40,7 +40,7 @@ pub enum StartError {
     Store {
         path: PathBuf,
         #[source]
-        source: StoreError,
+        source: Box<StoreError>,
     },
     #[error("socket {path}: {source}")]
     Socket {
@@ -76,7 +76,7 @@ impl Server {
                         Arc::new(SqliteStore::open(&l.store).map_err(|source| {
                             StartError::Store {
                                 path: l.store.clone(),
-                                source,
+                                source: Box::new(source),
                             }
                         })?);
                     stores.insert(l.store.clone(), s.clone());
@@ -107,7 +107,7 @@ impl Server {
             let lu = FencedLu::new(l.name.clone(), disk, store, EngineConfig::default()).map_err(
                 |source| StartError::Store {
                     path: l.store.clone(),
-                    source,
+                    source: Box::new(source),
                 },
             )?;
             units.push(lu);

@@ -127,7 +127,7 @@ impl Backend for EmulateBackend {
             )
             .map_err(|source| BackendError::Store {
                 lu: lu.to_string(),
-                source,
+                source: Box::new(source),
             })?;
         Ok(to_wire(outcome.reply))
     }

@@ -6,7 +6,7 @@
 //!   submission, and PR IN/OUT through the store);
 //! - [`target`]: one socket's I_T nexus and LUN map;
 //! - [`virtio`]: virtio-scsi headers as bytes, pure;
-//! - [`vhost`]: the vhost-user device on rust-vmm's crates;
+//! - [`vhost`]: the vhost-user device on rust-vmm's crates ([`vring`]: its ring type);
 //! - [`backing`]: files and block devices on the host;
 //! - [`config`]: the TOML configuration;
 //! - [`server`]: opening everything, serving every socket, shutting down;
@@ -22,3 +22,4 @@ pub mod server;
 pub mod target;
 pub mod vhost;
 pub mod virtio;
+pub mod vring;

@@ -13,7 +13,7 @@ use std::io::{Read, Write};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
-use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
+use vhost_user_backend::{VhostUserBackend, VringT};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use virtio_bindings::virtio_scsi::{
@@ -28,6 +28,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use crate::scsi::BlockDevice;
 use crate::target::Target;
 use crate::virtio::{self, Address, Control, Request, Response, REQUEST_HEADER_SIZE};
+use crate::vring::Vring;
 
 type Memory = GuestMemoryAtomic<GuestMemoryMmap>;
 type Chain = DescriptorChain<GuestMemoryLoadGuard<GuestMemoryMmap>>;
@@ -89,7 +90,7 @@ impl<D: BlockDevice> ScsiBackend<D> {
 
     /// Drains a queue: every available chain is answered, then notification is re-enabled
     /// (with EVENT_IDX, looping until no chain arrived in between).
-    fn serve_queue(&self, vring: &VringRwLock, control: bool) -> std::io::Result<()> {
+    fn serve_queue(&self, vring: &Vring, control: bool) -> std::io::Result<()> {
         let Some(mem) = self.memory() else {
             return Ok(());
         };
@@ -224,7 +225,7 @@ fn other<E: std::fmt::Debug>(e: E) -> std::io::Error {
 
 impl<D: BlockDevice + 'static> VhostUserBackend for ScsiBackend<D> {
     type Bitmap = ();
-    type Vring = VringRwLock;
+    type Vring = Vring;
 
     fn num_queues(&self) -> usize {
         2 + self.request_queues
@@ -281,7 +282,7 @@ impl<D: BlockDevice + 'static> VhostUserBackend for ScsiBackend<D> {
         &self,
         device_event: u16,
         evset: EventSet,
-        vrings: &[VringRwLock],
+        vrings: &[Vring],
         thread_id: usize,
     ) -> std::io::Result<()> {
         if evset != EventSet::IN {

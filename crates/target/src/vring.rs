@@ -1,0 +1,111 @@
+//! The vring type of the vhost-user device: rust-vmm's `VringRwLock`, except that enabling a
+//! ring re-signals its kick eventfd.
+//!
+//! vhost-user-backend reads a ring's kick and, when the ring is not enabled yet, drops it. With
+//! VHOST_USER_F_PROTOCOL_FEATURES the rings start disabled until SET_VRING_ENABLE, and QEMU may
+//! pass on a kick the driver gave before that (SeaBIOS submits its first request and then polls
+//! without kicking again): without the re-signal that request is never seen and the guest
+//! hangs in the BIOS. Signalling the kick once more on enable makes the worker look at the ring
+//! after it became enabled; a spurious kick only finds an empty ring.
+
+use std::fs::File;
+use std::io;
+
+use vhost_user_backend::{VringRwLock, VringStateGuard, VringStateMutGuard, VringT};
+use virtio_queue::Error as QueueError;
+use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
+
+type Memory = GuestMemoryAtomic<GuestMemoryMmap>;
+
+/// A [`VringRwLock`] whose [`VringT::set_enabled`] re-signals the kick (see the module comment).
+#[derive(Clone)]
+pub struct Vring(VringRwLock);
+
+impl std::fmt::Debug for Vring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vring")
+            .field("next_avail", &self.0.queue_next_avail())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a> VringStateGuard<'a, Memory> for Vring {
+    type G = <VringRwLock as VringStateGuard<'a, Memory>>::G;
+}
+
+impl<'a> VringStateMutGuard<'a, Memory> for Vring {
+    type G = <VringRwLock as VringStateMutGuard<'a, Memory>>::G;
+}
+
+impl VringT<Memory> for Vring {
+    fn new(mem: Memory, max_queue_size: u16) -> Result<Self, QueueError> {
+        VringRwLock::new(mem, max_queue_size).map(Vring)
+    }
+    fn get_ref(&self) -> <Self as VringStateGuard<'_, Memory>>::G {
+        self.0.get_ref()
+    }
+    fn get_mut(&self) -> <Self as VringStateMutGuard<'_, Memory>>::G {
+        self.0.get_mut()
+    }
+    fn add_used(&self, desc_index: u16, len: u32) -> Result<(), QueueError> {
+        self.0.add_used(desc_index, len)
+    }
+    fn signal_used_queue(&self) -> io::Result<()> {
+        self.0.signal_used_queue()
+    }
+    fn enable_notification(&self) -> Result<bool, QueueError> {
+        self.0.enable_notification()
+    }
+    fn disable_notification(&self) -> Result<(), QueueError> {
+        self.0.disable_notification()
+    }
+    fn needs_notification(&self) -> Result<bool, QueueError> {
+        self.0.needs_notification()
+    }
+    fn set_enabled(&self, enabled: bool) {
+        self.0.set_enabled(enabled);
+        if enabled {
+            if let Some(kick) = self.0.get_ref().get_kick() {
+                // An eventfd write fails only when the counter would overflow, and then a
+                // wake-up is pending anyway.
+                let _ = kick.write(1);
+            }
+        }
+    }
+    fn set_queue_info(&self, desc: u64, avail: u64, used: u64) -> Result<(), QueueError> {
+        self.0.set_queue_info(desc, avail, used)
+    }
+    fn queue_next_avail(&self) -> u16 {
+        self.0.queue_next_avail()
+    }
+    fn set_queue_next_avail(&self, base: u16) {
+        self.0.set_queue_next_avail(base)
+    }
+    fn set_queue_next_used(&self, idx: u16) {
+        self.0.set_queue_next_used(idx)
+    }
+    fn queue_used_idx(&self) -> Result<u16, QueueError> {
+        self.0.queue_used_idx()
+    }
+    fn set_queue_size(&self, num: u16) {
+        self.0.set_queue_size(num)
+    }
+    fn set_queue_event_idx(&self, enabled: bool) {
+        self.0.set_queue_event_idx(enabled)
+    }
+    fn set_queue_ready(&self, ready: bool) {
+        self.0.set_queue_ready(ready)
+    }
+    fn set_kick(&self, file: Option<File>) {
+        self.0.set_kick(file)
+    }
+    fn read_kick(&self) -> io::Result<bool> {
+        self.0.read_kick()
+    }
+    fn set_call(&self, file: Option<File>) {
+        self.0.set_call(file)
+    }
+    fn set_err(&self, file: Option<File>) {
+        self.0.set_err(file)
+    }
+}

@@ -210,9 +210,12 @@ mod tests {
     use crate::history::Answer;
     use crate::workload::{key, nexus, pr_in, pr_out};
 
+    /// A client number and its command (CDB, parameter list).
+    type Cmd = (u16, (Vec<u8>, Vec<u8>));
+
     /// A history of `cmds` run one after the other through the engine, each call taking 10
     /// time units, with `overlap` units of overlap between neighbours.
-    fn sequential(cmds: &[(u16, (Vec<u8>, Vec<u8>))], overlap: u64) -> Vec<Event> {
+    fn sequential(cmds: &[Cmd], overlap: u64) -> Vec<Event> {
         let cfg = EngineConfig::default();
         let mut lu = LogicalUnit::default();
         cmds.iter()
@@ -235,7 +238,7 @@ mod tests {
             .collect()
     }
 
-    fn cmds() -> Vec<(u16, (Vec<u8>, Vec<u8>))> {
+    fn cmds() -> Vec<Cmd> {
         vec![
             (1, pr_in(0)),
             (1, pr_out(6, 0, 0, key(1))),

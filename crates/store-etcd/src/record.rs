@@ -42,6 +42,9 @@ pub struct ClientEntry {
     pub done: BTreeMap<u64, RecordedOutcome>,
 }
 
+/// Recorded sense: key, ASC, ASCQ and the field pointer (C/D, byte, bit).
+pub type RecordedSense = (u8, u8, u8, Option<(bool, u16, Option<u8>)>);
+
 /// An [`Outcome`] without its state, as recorded for a retry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RecordedOutcome {
@@ -49,7 +52,7 @@ pub struct RecordedOutcome {
     pub status: u8,
     /// Sense key, ASC, ASCQ and the field pointer (C/D, byte, bit), with CHECK CONDITION.
     #[serde(default)]
-    pub sense: Option<(u8, u8, u8, Option<(bool, u16, Option<u8>)>)>,
+    pub sense: Option<RecordedSense>,
     /// Data-in.
     #[serde(default)]
     pub data: Vec<u8>,

@@ -165,12 +165,8 @@ impl EtcdStore {
                 tokio::time::timeout(connect_timeout, Client::connect(endpoints, Some(options)))
                     .await
             })
-            .map_err(|_| StoreError::Unavailable {
-                store: describe.clone(),
-                lu: None,
-                operation: "connecting",
-                timeout: connect_timeout,
-                detail: "no answer".into(),
+            .map_err(|_| {
+                StoreError::unavailable(&describe, None, "connecting", connect_timeout, "no answer")
             })?
             .map_err(|e| StoreError::Config {
                 detail: format!("{describe}: {e}"),
@@ -201,13 +197,13 @@ impl EtcdStore {
             loop {
                 let left = deadline.saturating_duration_since(Instant::now());
                 if left.is_zero() {
-                    return Err(StoreError::Unavailable {
-                        store: inner.describe.clone(),
-                        lu: None,
-                        operation: "connecting",
-                        timeout: connect_timeout,
-                        detail: last,
-                    });
+                    return Err(StoreError::unavailable(
+                        &inner.describe,
+                        None,
+                        "connecting",
+                        connect_timeout,
+                        last,
+                    ));
                 }
                 let get = kv.get(prefix.clone(), Some(GetOptions::new().with_count_only()));
                 match tokio::time::timeout(left.min(request), get).await {
@@ -317,11 +313,11 @@ impl EtcdStore {
                 }
             }
             rx.await.unwrap_or_else(|_| {
-                Err(StoreError::OutcomeUnknown {
-                    store: describe,
-                    lu: lu_id,
-                    detail: "the batch carrying the command was dropped".into(),
-                })
+                Err(StoreError::outcome_unknown(
+                    describe,
+                    &lu_id,
+                    "the batch carrying the command was dropped",
+                ))
             })
         });
         self.inner.lock_in_flight().remove(&seq);
@@ -354,18 +350,14 @@ impl EtcdStore {
             .unwrap_or_else(|_| {
                 let detail = "the etcd client did not answer".to_string();
                 Err(match writing {
-                    Some(lu) => StoreError::OutcomeUnknown {
-                        store: self.inner.describe.clone(),
-                        lu: lu.clone(),
-                        detail,
-                    },
-                    None => StoreError::Unavailable {
-                        store: self.inner.describe.clone(),
-                        lu: None,
-                        operation: "waiting for the etcd client",
+                    Some(lu) => StoreError::outcome_unknown(&self.inner.describe, lu, detail),
+                    None => StoreError::unavailable(
+                        &self.inner.describe,
+                        None,
+                        "waiting for the etcd client",
                         timeout,
                         detail,
-                    },
+                    ),
                 })
             })
     }
@@ -496,30 +488,21 @@ impl Ctx {
     }
 
     fn server(&self, operation: &'static str, detail: String) -> StoreError {
-        StoreError::Server {
-            store: self.inner.describe.clone(),
-            lu: Some(self.lu.clone()),
-            operation,
-            detail,
-        }
+        StoreError::server(&self.inner.describe, Some(&self.lu), operation, detail)
     }
 
     fn outcome_unknown(&self, detail: String) -> StoreError {
-        StoreError::OutcomeUnknown {
-            store: self.inner.describe.clone(),
-            lu: self.lu.clone(),
-            detail,
-        }
+        StoreError::outcome_unknown(&self.inner.describe, &self.lu, detail)
     }
 
     fn unavailable(&self, operation: &'static str, detail: String) -> StoreError {
-        StoreError::Unavailable {
-            store: self.inner.describe.clone(),
-            lu: Some(self.lu.clone()),
+        StoreError::unavailable(
+            &self.inner.describe,
+            Some(&self.lu),
             operation,
-            timeout: self.inner.config.command_timeout,
+            self.inner.config.command_timeout,
             detail,
-        }
+        )
     }
 
     /// A linearizable read of the current value (`Err(text)`: no answer).
@@ -806,13 +789,13 @@ impl Store for EtcdStore {
             loop {
                 let left = deadline.saturating_duration_since(Instant::now());
                 if left.is_zero() {
-                    return Err(StoreError::Unavailable {
-                        store: inner.describe.clone(),
-                        lu: None,
-                        operation: "listing logical units",
-                        timeout: inner.config.command_timeout,
-                        detail: last,
-                    });
+                    return Err(StoreError::unavailable(
+                        &inner.describe,
+                        None,
+                        "listing logical units",
+                        inner.config.command_timeout,
+                        last,
+                    ));
                 }
                 let wait = left.min(inner.config.request_timeout);
                 let get = kv.get(
@@ -837,11 +820,13 @@ impl Store for EtcdStore {
             .into_iter()
             .map(|k| {
                 let id = String::from_utf8_lossy(k.get(strip..).unwrap_or_default()).into_owned();
-                LuId::new(id).map_err(|e| StoreError::Server {
-                    store: self.inner.describe.clone(),
-                    lu: None,
-                    operation: "listing logical units",
-                    detail: format!("a stored key is not a logical unit: {e}"),
+                LuId::new(id).map_err(|e| {
+                    StoreError::server(
+                        &self.inner.describe,
+                        None,
+                        "listing logical units",
+                        format!("a stored key is not a logical unit: {e}"),
+                    )
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;

@@ -163,53 +163,93 @@ pub enum StoreError {
     },
     /// A networked store's servers did not answer within the timeout; nothing was applied.
     #[error(
-        "{store}: {operation}{} got no answer within {timeout:?} ({detail})",
-        for_lu(lu)
+        "{}: {}{} got no answer within {:?} ({})",
+        .0.store, .0.operation, for_lu(&.0.lu), .0.timeout, .0.detail
     )]
-    Unavailable {
-        /// The store (its kind and endpoints).
-        store: String,
-        /// The logical unit the operation was for, if any.
-        lu: Option<LuId>,
-        /// What the store was doing.
-        operation: &'static str,
-        /// The timeout that expired.
-        timeout: Duration,
-        /// The last error seen.
-        detail: String,
-    },
+    Unavailable(Box<RemoteFailure>),
     /// A write was in flight when contact was lost, and whether it was applied could not be
     /// found out within the timeout (it is never applied later by this call).
     #[error(
-        "{store}: whether the command on {lu} was applied is unknown ({detail}); read the \
-         reservation state before retrying"
+        "{}: whether the command{} was applied is unknown ({}); read the reservation state \
+         before retrying",
+        .0.store, for_lu(&.0.lu), .0.detail
     )]
-    OutcomeUnknown {
-        /// The store (its kind and endpoints).
-        store: String,
-        /// The logical unit.
-        lu: LuId,
-        /// The last error seen.
-        detail: String,
-    },
+    OutcomeUnknown(Box<RemoteFailure>),
     /// A server of a networked store refused an operation.
-    #[error("{store}: {operation} failed{}: {detail}", for_lu(lu))]
-    Server {
-        /// The store (its kind and endpoints).
-        store: String,
-        /// The logical unit the operation was for, if any.
-        lu: Option<LuId>,
-        /// What the store was doing.
-        operation: &'static str,
-        /// The server's answer.
-        detail: String,
-    },
+    #[error("{}: {} failed{}: {}", .0.store, .0.operation, for_lu(&.0.lu), .0.detail)]
+    Server(Box<RemoteFailure>),
     /// A store's configuration was refused.
     #[error("invalid store configuration: {detail}")]
     Config {
         /// What is wrong, naming the setting and what was expected.
         detail: String,
     },
+}
+
+/// Where and why a networked store's operation failed (boxed in [`StoreError`], which stays
+/// small).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteFailure {
+    /// The store (its kind and endpoints).
+    pub store: String,
+    /// The logical unit the operation was for, if any.
+    pub lu: Option<LuId>,
+    /// What the store was doing.
+    pub operation: &'static str,
+    /// The timeout that expired (zero when none did).
+    pub timeout: Duration,
+    /// The last error seen, or the server's answer.
+    pub detail: String,
+}
+
+impl StoreError {
+    /// [`StoreError::Unavailable`].
+    pub fn unavailable(
+        store: impl Into<String>,
+        lu: Option<&LuId>,
+        operation: &'static str,
+        timeout: Duration,
+        detail: impl Into<String>,
+    ) -> StoreError {
+        StoreError::Unavailable(Box::new(RemoteFailure {
+            store: store.into(),
+            lu: lu.cloned(),
+            operation,
+            timeout,
+            detail: detail.into(),
+        }))
+    }
+
+    /// [`StoreError::OutcomeUnknown`] for a command on `lu`.
+    pub fn outcome_unknown(
+        store: impl Into<String>,
+        lu: &LuId,
+        detail: impl Into<String>,
+    ) -> StoreError {
+        StoreError::OutcomeUnknown(Box::new(RemoteFailure {
+            store: store.into(),
+            lu: Some(lu.clone()),
+            operation: "running the command",
+            timeout: Duration::ZERO,
+            detail: detail.into(),
+        }))
+    }
+
+    /// [`StoreError::Server`].
+    pub fn server(
+        store: impl Into<String>,
+        lu: Option<&LuId>,
+        operation: &'static str,
+        detail: impl Into<String>,
+    ) -> StoreError {
+        StoreError::Server(Box::new(RemoteFailure {
+            store: store.into(),
+            lu: lu.cloned(),
+            operation,
+            timeout: Duration::ZERO,
+            detail: detail.into(),
+        }))
+    }
 }
 
 fn for_lu(lu: &Option<LuId>) -> String {
@@ -232,9 +272,9 @@ impl StoreError {
             StoreError::Closed { .. } => ErrorKind::Closed,
             StoreError::ReadOnly { .. } => ErrorKind::ReadOnly,
             StoreError::Unsupported { .. } => ErrorKind::Unsupported,
-            StoreError::Unavailable { .. } => ErrorKind::Unavailable,
-            StoreError::OutcomeUnknown { .. } => ErrorKind::OutcomeUnknown,
-            StoreError::Server { .. } => ErrorKind::Database,
+            StoreError::Unavailable(_) => ErrorKind::Unavailable,
+            StoreError::OutcomeUnknown(_) => ErrorKind::OutcomeUnknown,
+            StoreError::Server(_) => ErrorKind::Database,
             StoreError::Config { .. } => ErrorKind::Config,
         }
     }

@@ -19,7 +19,7 @@ mod error;
 mod lu_id;
 mod sqlite;
 
-pub use error::{ErrorKind, StoreError};
+pub use error::{ErrorKind, RemoteFailure, StoreError};
 pub use lu_id::{LuId, MAX_LU_ID_LEN};
 pub use sqlite::{SqliteOptions, SqliteStore, Statistics, SCHEMA_VERSION};
 

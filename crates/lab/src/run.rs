@@ -550,11 +550,11 @@ fn run_steps(
                             data: Vec::new(),
                         };
                         let what = format!("service action {sa}, allocation length {alloc}");
-                        let ours = on_every_path(&mut ours_path, &lio, *initiator, &op)
+                        let ours = on_every_path(&mut ours_path, lio, *initiator, &op)
                             .map_err(|e| at(format!("{what}: {e}")))?
                             .0
                             .remove(0);
-                        let direct = on_every_path(&mut direct_path, &lio, *initiator, &op)
+                        let direct = on_every_path(&mut direct_path, lio, *initiator, &op)
                             .map_err(|e| at(format!("{what}: {e}")))?
                             .0
                             .remove(0);

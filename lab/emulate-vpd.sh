@@ -22,7 +22,10 @@ mkdir -p "$cfg/core/fileio_0/vpd0"
 echo "fd_dev_name=/run/vpd0.img,fd_dev_size=8388608" > "$cfg/core/fileio_0/vpd0/control"
 echo "pr-lab-vpd0" > "$cfg/core/fileio_0/vpd0/wwn/vpd_unit_serial"
 echo 1 > "$cfg/core/fileio_0/vpd0/enable"
-d=$(lio_disk vpd0 naa.50014050000e0001 naa.50014050000e0002) || { bad "the LIO disk did not appear"; exit 0; }
+# Target and initiator WWNs no other lab script uses (lio_disk would reuse an existing target).
+tgt=naa.5001405e0d000a01
+[ -e "$cfg/loopback/$tgt" ] && { bad "the loopback target $tgt exists already"; exit 0; }
+d=$(lio_disk vpd0 $tgt naa.5001405e0d000b01) || { bad "the LIO disk did not appear"; exit 0; }
 # The LU's NAA designator as sg3_utils decodes it ("0x6001405…"), and as the kernel shows it.
 want=naa.$(sg_vpd -p di "$d" 2>/dev/null | awk '/Addressed logical unit/{f=1} f && /0x6001405/{print $1; exit}' | sed 's/^0x//')
 sys=$(cat "/sys/block/$(basename "$d")/device/wwid" 2>/dev/null)

@@ -92,7 +92,11 @@ fn designator(code_set: u8, association: u8, kind: u8, d: &[u8]) -> Option<LuDes
             let name = std::str::from_utf8(&d[..end]).ok()?;
             let known = ["naa.", "eui.", "iqn."]
                 .iter()
-                .any(|p| name.len() > p.len() && name[..p.len()].eq_ignore_ascii_case(p));
+                // Bytes, not a str slice: a multi-byte character may straddle the prefix.
+                .any(|p| {
+                    name.len() > p.len()
+                        && name.as_bytes()[..p.len()].eq_ignore_ascii_case(p.as_bytes())
+                });
             let printable = name.chars().all(|c| c.is_ascii_graphic());
             (known && printable && name.len() <= 256).then(|| LuDesignator {
                 kind: DesignatorKind::ScsiName,
@@ -248,6 +252,10 @@ mod tests {
             descriptor(0x3, 0, 0x8, b"iqn.\xff\xfe\0\0"),
             descriptor(0x3, 0, 0x8, b"iqn.a\nb\0\0\0"),
         ]);
+        assert_eq!(lu_designator(&p), Ok(None));
+        // Found by the fuzz target: a SCSI name string whose 4th byte begins a two-byte
+        // UTF-8 character ("naa" + U+0343) panicked when its prefix was sliced as a str.
+        let p = page(&[descriptor(0x3, 0, 0x8, "naa\u{343}x\0\0".as_bytes())]);
         assert_eq!(lu_designator(&p), Ok(None));
     }
 

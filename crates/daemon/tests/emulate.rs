@@ -122,17 +122,18 @@ const WE_REGISTRANTS_ONLY: u8 = 0x05;
 fn thread_status(pid: u32) -> Vec<(String, String)> {
     std::fs::read_dir(format!("/proc/{pid}/task"))
         .unwrap()
-        .map(|e| {
+        .filter_map(|e| {
             let t = e.unwrap().path();
-            let comm = std::fs::read_to_string(t.join("comm")).unwrap();
-            let st = std::fs::read_to_string(t.join("status")).unwrap();
+            // A connection thread ends once its client has closed: gone since the listing.
+            let comm = std::fs::read_to_string(t.join("comm")).ok()?;
+            let st = std::fs::read_to_string(t.join("status")).ok()?;
             let seccomp = st
                 .lines()
                 .find_map(|l| l.strip_prefix("Seccomp:"))
                 .unwrap()
                 .trim()
                 .to_string();
-            (comm.trim().to_string(), seccomp)
+            Some((comm.trim().to_string(), seccomp))
         })
         .collect()
 }

@@ -73,7 +73,10 @@ fn drops_to_nobody_with_only_cap_sys_rawio_and_still_serves() {
         "expected runtime threads, found {tasks:?}"
     );
     for t in tasks {
-        let st = std::fs::read_to_string(t.join("status")).unwrap();
+        // A connection thread ends once its client has closed: gone since the listing.
+        let Ok(st) = std::fs::read_to_string(t.join("status")) else {
+            continue;
+        };
         assert_eq!(status_field(&st, "Seccomp"), "2", "{}", t.display());
         assert_eq!(
             status_field(&st, "CapEff"),

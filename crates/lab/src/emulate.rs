@@ -315,6 +315,33 @@ impl Emulation {
             );
         }
         let store = self.store.as_ref().expect("opened above");
+        // The daemons name the LU by its VPD page 0x83 identifier when the LIO LU has one
+        // (docs/backends.md), else by the configured `lu`: whichever the store holds, as
+        // long as it holds one LU.
+        if store
+            .load(&self.lu)
+            .map_err(|e| format!("load {}: {e}", self.lu))?
+            .is_none()
+        {
+            let lus = store
+                .list()
+                .map_err(|e| format!("{}: {e}", self.store_path.display()))?;
+            match lus.as_slice() {
+                [] => {}
+                [only] => self.lu = only.clone(),
+                many => {
+                    return Err(format!(
+                        "{} holds {} logical units ({}), expected the one emulated LU",
+                        self.store_path.display(),
+                        many.len(),
+                        many.iter()
+                            .map(|l| l.to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ))
+                }
+            }
+        }
         let mut lu: LogicalUnit = store
             .load(&self.lu)
             .map_err(|e| format!("load {}: {e}", self.lu))?

@@ -325,6 +325,18 @@ fn lio_zeroes_partial_data(sa: u8, alloc: u16, ours: &Answer, lio: &Answer) -> b
         && lio.data[whole..].iter().all(|b| *b == 0)
 }
 
+/// A PERSISTENT RESERVE IN with service action `sa` and allocation length `alloc`.
+fn pr_in(sa: u8, alloc: u16) -> Operation {
+    let mut cdb = [0u8; 16];
+    cdb[0] = pr_scsi::PERSISTENT_RESERVE_IN;
+    cdb[1] = sa;
+    cdb[7..9].copy_from_slice(&alloc.to_be_bytes());
+    Operation::Raw {
+        cdb,
+        data: Vec::new(),
+    }
+}
+
 /// Our helper has not died (a device that corrupted its memory would have killed it).
 fn ours_alive(helpers: &mut [Helper]) -> Result<(), String> {
     for h in helpers.iter_mut().filter(|h| h.kind == HelperKind::Ours) {
@@ -500,14 +512,7 @@ fn run_steps(
                 let mut n = 0;
                 for sa in 0..=3u8 {
                     for alloc in lengths.clone() {
-                        let mut cdb = [0u8; 16];
-                        cdb[0] = pr_scsi::PERSISTENT_RESERVE_IN;
-                        cdb[1] = sa;
-                        cdb[7..9].copy_from_slice(&alloc.to_be_bytes());
-                        let op = Operation::Raw {
-                            cdb,
-                            data: Vec::new(),
-                        };
+                        let op = pr_in(sa, alloc);
                         on_every_path(paths, lio, *initiator, &op).map_err(|e| {
                             at(format!(
                                 "service action {sa}, allocation length {alloc}: {e}"
@@ -541,14 +546,7 @@ fn run_steps(
                 let (mut n, mut partial) = (0, 0);
                 for sa in [0u8, 1] {
                     for alloc in lengths.clone() {
-                        let mut cdb = [0u8; 16];
-                        cdb[0] = pr_scsi::PERSISTENT_RESERVE_IN;
-                        cdb[1] = sa;
-                        cdb[7..9].copy_from_slice(&alloc.to_be_bytes());
-                        let op = Operation::Raw {
-                            cdb,
-                            data: Vec::new(),
-                        };
+                        let op = pr_in(sa, alloc);
                         let what = format!("service action {sa}, allocation length {alloc}");
                         let ours = on_every_path(&mut ours_path, lio, *initiator, &op)
                             .map_err(|e| at(format!("{what}: {e}")))?
@@ -625,12 +623,7 @@ fn run_steps(
                         ))
                     })?;
                     for prober in (0..sc.initiators).filter(|_| *probe) {
-                        let mut cdb = [0u8; 16];
-                        cdb[..9].copy_from_slice(&[0x5e, 3, 0, 0, 0, 0, 0, 0x20, 0]);
-                        let read = Operation::Raw {
-                            cdb,
-                            data: Vec::new(),
-                        };
+                        let read = pr_in(3, 8192);
                         on_every_path(paths, lio, prober, &read).map_err(|e| {
                             at(format!(
                                 "random {what} (seed {seed}): I{}'s READ FULL STATUS after it: \

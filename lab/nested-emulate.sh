@@ -50,7 +50,7 @@ start_daemon pt || exit 0
 timeout --kill-after=5 1100 qemu-system-x86_64 -accel tcg -cpu max -m 256 -smp 1 \
   -display none -monitor none -no-reboot \
   -kernel $LAB/vmlinuz -initrd $LAB/initrd-l2.img \
-  -append "console=ttyS0 quiet panic=-1 rdinit=/init-emulate" \
+  -append "console=ttyS0 quiet no_timer_check panic=-1 rdinit=/init-emulate" \
   -serial file:$log \
   -device virtio-scsi-pci,id=scsi0 \
   -object pr-manager-helper,id=pra,path=/run/nested-ea.sock \

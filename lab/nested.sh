@@ -30,7 +30,7 @@ rm -f /run/l2ctl.in /run/l2ctl.out; mkfifo /run/l2ctl.in /run/l2ctl.out
 exec 7<>/run/l2ctl.in 8<>/run/l2ctl.out
 timeout --kill-after=5 420 qemu-system-x86_64 -accel tcg -cpu max -m 256 -smp 1 \
   -display none -monitor none -no-reboot \
-  -kernel $LAB/vmlinuz -initrd $LAB/initrd-l2.img -append "console=ttyS0 quiet panic=-1" \
+  -kernel $LAB/vmlinuz -initrd $LAB/initrd-l2.img -append "console=ttyS0 quiet no_timer_check panic=-1" \
   -serial file:$log -chardev pipe,id=ctl,path=/run/l2ctl -serial chardev:ctl \
   -device virtio-scsi-pci,id=scsi0 \
   -object pr-manager-helper,id=helper0,path=$sock \

@@ -82,7 +82,8 @@ boot() {
   start=$(date +%s)
   timeout --kill-after=10 "$timeout_s" qemu-system-x86_64 -accel tcg -cpu max -m 1024 -smp 2 \
   -nographic -no-reboot -kernel "$out/vmlinuz" -initrd "$out/initrd.img" \
-  -append "console=ttyS0 quiet panic=-1 labscript=$top/lab/target-guest.sh labphase=$1 labverbose=${LAB_VERBOSE:-0}" \
+  -chardev file,id=bios,path="$2.bios" -device isa-debugcon,iobase=0x402,chardev=bios \
+  -append "console=ttyS0 no_timer_check panic=-1 labscript=$top/lab/target-guest.sh labphase=$1 labverbose=${LAB_VERBOSE:-0}" \
   -fsdev local,id=hr,path=/,security_model=none,readonly=on,multidevs=remap \
   -device virtio-9p-pci,fsdev=hr,mount_tag=hostroot \
   -object memory-backend-memfd,id=mem,size=1024M,share=on -numa node,memdev=mem \
@@ -91,6 +92,14 @@ boot() {
   > "$2" 2>&1 || true
   echo "target: $1 guest run took $(( $(date +%s) - start ))s"
 }
+# tails LOG: what a failed boot leaves to diagnose it from the CI output alone — the end of
+# the guest console (the kernel log is not quiet here), of SeaBIOS's debug port and of
+# pr-target's log.
+tails() {
+  echo "  | --- console (last 25 lines of $1)"; tr -d '\r' < "$1" | tail -25 | sed 's/^/  | /'
+  echo "  | --- SeaBIOS debug port (last 10 lines)"; tail -10 "$1.bios" 2>/dev/null | sed 's/^/  | /'
+  echo "  | --- pr-target log (last 15 lines)"; tail -15 "$work/target.log" | sed 's/^/  | /'
+}
 # count LOG: adds a guest's PASS/FAIL lines to the totals.
 count() {
   local log=$1 result
@@ -98,8 +107,10 @@ count() {
   result=$(tr -d '\r' < "$log" | sed -n 's/^LAB-RESULT \([0-9]*\) \([0-9]*\)$/\1 \2/p' | tail -1)
   if ! grep -q "LAB-BOOTED" "$log"; then
     ko "the guest did not boot (see $log)"
+    tails "$log"
   elif [ -z "$result" ]; then
     ko "the guest script did not finish within ${timeout_s}s (see $log)"
+    tails "$log"
     pass=$((pass + $(tr -d '\r' < "$log" | grep -c '^PASS ' || true)))
     fail=$((fail + $(tr -d '\r' < "$log" | grep -c '^FAIL ' || true)))
   else

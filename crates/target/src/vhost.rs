@@ -25,6 +25,8 @@ use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryLoadGuard, Gues
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use tracing::error;
+
 use crate::scsi::BlockDevice;
 use crate::target::Target;
 use crate::virtio::{self, Address, Control, Request, Response, REQUEST_HEADER_SIZE};
@@ -286,16 +288,26 @@ impl<D: BlockDevice + 'static> VhostUserBackend for ScsiBackend<D> {
         thread_id: usize,
     ) -> std::io::Result<()> {
         if evset != EventSet::IN {
-            return Err(other(format!("unexpected event set {evset:?}")));
+            // An eventfd is only ever readable; anything else is logged, and the ring is still
+            // looked at (returning an error would end the worker, see below).
+            error!("queue event {device_event} on worker {thread_id}: event set {evset:?}");
         }
         let Some(vring) = vrings.get(usize::from(device_event)) else {
             return Ok(());
         };
-        match (thread_id, device_event) {
+        let served = match (thread_id, device_event) {
             (0, CONTROL_QUEUE) => self.serve_queue(vring, true),
             // The event queue: buffers stay with us until an event (none is ever sent).
             (0, _) => Ok(()),
             _ => self.serve_queue(vring, false),
+        };
+        // An error returned here ends the worker thread, silently (vhost-user-backend drops
+        // it), and its queues are never served again on this connection: the guest hangs. A
+        // ring that cannot be served now (memory or ring addresses being replaced, a guest
+        // writing garbage) is logged and looked at again on the next kick instead.
+        if let Err(e) = served {
+            error!("queue event {device_event} on worker {thread_id}: {e}; serving on");
         }
+        Ok(())
     }
 }

@@ -1,12 +1,19 @@
-//! The vring type of the vhost-user device: rust-vmm's `VringRwLock`, except that enabling a
-//! ring re-signals its kick eventfd.
+//! The vring type of the vhost-user device: rust-vmm's `VringRwLock`, except that a ring
+//! becoming usable re-signals its kick eventfd, and a new call eventfd is signalled once.
 //!
-//! vhost-user-backend reads a ring's kick and, when the ring is not enabled yet, drops it. With
-//! VHOST_USER_F_PROTOCOL_FEATURES the rings start disabled until SET_VRING_ENABLE, and QEMU may
-//! pass on a kick the driver gave before that (SeaBIOS submits its first request and then polls
-//! without kicking again): without the re-signal that request is never seen and the guest
-//! hangs in the BIOS. Signalling the kick once more on enable makes the worker look at the ring
-//! after it became enabled; a spurious kick only finds an empty ring.
+//! QEMU sends the ring setup messages (SET_VRING_KICK, SET_VRING_CALL, SET_VRING_ENABLE)
+//! without waiting for replies and lets the guest run on, so the driver's first kick can reach
+//! the worker thread while the ring is not usable yet — not enabled, or enabled but not ready
+//! (vhost-user-backend registers the kick with the worker's epoll before it marks the queue
+//! ready). The worker reads the kick and then finds nothing it may serve: the kick is gone.
+//! SeaBIOS submits its first request and then polls without kicking again, so the guest hangs
+//! in the BIOS; Linux waits for its command timeout. Signalling the kick again each time the
+//! ring becomes enabled or ready makes the worker look at the ring once it is usable; a
+//! spurious kick only finds an empty ring.
+//!
+//! The same holds for interrupts: a request served before SET_VRING_CALL arrived was
+//! completed with no call eventfd to signal. Signalling a newly set call eventfd once tells the
+//! driver to look at its used ring; a spurious interrupt finds nothing new.
 
 use std::fs::File;
 use std::io;
@@ -26,6 +33,17 @@ impl std::fmt::Debug for Vring {
         f.debug_struct("Vring")
             .field("next_avail", &self.0.queue_next_avail())
             .finish_non_exhaustive()
+    }
+}
+
+impl Vring {
+    /// Makes the worker look at the ring (see the module comment).
+    fn kick_again(&self) {
+        if let Some(kick) = self.0.get_ref().get_kick() {
+            // An eventfd write fails only when the counter would overflow, and then a wake-up
+            // is pending anyway.
+            let _ = kick.write(1);
+        }
     }
 }
 
@@ -65,11 +83,7 @@ impl VringT<Memory> for Vring {
     fn set_enabled(&self, enabled: bool) {
         self.0.set_enabled(enabled);
         if enabled {
-            if let Some(kick) = self.0.get_ref().get_kick() {
-                // An eventfd write fails only when the counter would overflow, and then a
-                // wake-up is pending anyway.
-                let _ = kick.write(1);
-            }
+            self.kick_again();
         }
     }
     fn set_queue_info(&self, desc: u64, avail: u64, used: u64) -> Result<(), QueueError> {
@@ -94,7 +108,10 @@ impl VringT<Memory> for Vring {
         self.0.set_queue_event_idx(enabled)
     }
     fn set_queue_ready(&self, ready: bool) {
-        self.0.set_queue_ready(ready)
+        self.0.set_queue_ready(ready);
+        if ready {
+            self.kick_again();
+        }
     }
     fn set_kick(&self, file: Option<File>) {
         self.0.set_kick(file)
@@ -103,7 +120,12 @@ impl VringT<Memory> for Vring {
         self.0.read_kick()
     }
     fn set_call(&self, file: Option<File>) {
-        self.0.set_call(file)
+        let new = file.is_some();
+        self.0.set_call(file);
+        if new {
+            // As for the kick: a failed write means the counter is full, a signal is pending.
+            let _ = self.0.signal_used_queue();
+        }
     }
     fn set_err(&self, file: Option<File>) {
         self.0.set_err(file)

@@ -1,10 +1,10 @@
-//! Busy connections: the first few with a thread of their own, the rest served by pollers.
+//! Busy connections: each with a thread of its own up to a bound, beyond it served by pollers.
 //!
 //! A connection with a request to serve leaves its task (server.rs) for a turn. While fewer
-//! connections than CPUs have one, it gets a thread of its own (`dedicated`): the thread reads,
-//! runs and answers the request with blocking calls, then sleeps in recvmsg on that socket, so
-//! the kernel wakes exactly that thread, on the CPU of the client that wrote (a synchronous
-//! wake-up): the lowest latency for the few connections of a lightly loaded host. Beyond that
+//! than `--connection-threads` (256 by default) connections have one, it gets a thread of its own (`dedicated`): the
+//! thread reads, runs and answers the request with blocking calls, then sleeps in recvmsg on
+//! that socket, so the kernel wakes exactly that thread, on the CPU of the client that wrote (a
+//! synchronous wake-up), and no request is handed from one thread to another. Beyond the bound
 //! a connection joins one epoll set (one-shot registrations) watched by a few poller threads,
 //! one per CPU. The poller that is woken for a connection reads its request, runs it and writes
 //! the reply itself, then re-arms the registration: no hand-off between threads per request,
@@ -57,8 +57,12 @@ pub(crate) struct Busy {
     waiting: AtomicUsize,
     /// Requests served, for the monitor to see progress.
     served: AtomicU64,
-    /// Connections in a turn on a thread of their own.
+    /// Connections in a turn on a thread of their own, and the most there may be. Such a
+    /// thread costs the stack pages its requests touch (a few KiB of the 128 KiB reserved) and
+    /// ends after `LINGER` without a request; QEMU keeps one connection per pr-manager object,
+    /// so a host rarely has more busy ones than the default bound (256).
     dedicated: AtomicUsize,
+    max_dedicated: usize,
     joined: Notify,
 }
 
@@ -91,7 +95,11 @@ fn key(index: u32, generation: u32) -> u64 {
 }
 
 impl Busy {
-    pub(crate) fn new(dispatcher: Arc<Dispatcher>, io_timeout: Duration) -> io::Result<Arc<Busy>> {
+    pub(crate) fn new(
+        dispatcher: Arc<Dispatcher>,
+        io_timeout: Duration,
+        max_dedicated: usize,
+    ) -> io::Result<Arc<Busy>> {
         Ok(Arc::new(Busy {
             epoll: epoll::create(epoll::CreateFlags::CLOEXEC)?,
             slots: Mutex::new(Slots::default()),
@@ -103,6 +111,7 @@ impl Busy {
             waiting: AtomicUsize::new(0),
             served: AtomicU64::new(0),
             dedicated: AtomicUsize::new(0),
+            max_dedicated,
             joined: Notify::new(),
         }))
     }
@@ -115,7 +124,7 @@ impl Busy {
         socket: usize,
     ) -> Result<oneshot::Receiver<Turn>, ConnectionError> {
         active::begin_turn(&stream, first, self.io_timeout)?;
-        if self.dedicated.fetch_add(1, Ordering::AcqRel) < self.wanted {
+        if self.dedicated.fetch_add(1, Ordering::AcqRel) < self.max_dedicated {
             return self.dedicate(stream, socket);
         }
         self.dedicated.fetch_sub(1, Ordering::AcqRel);

@@ -45,7 +45,7 @@ pub async fn serve(
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
     let io_timeout = config.io_timeout;
-    let busy = Busy::new(dispatcher, io_timeout)?;
+    let busy = Busy::new(dispatcher, io_timeout, config.connection_threads)?;
     tokio::spawn(busy.clone().monitor());
 
     loop {

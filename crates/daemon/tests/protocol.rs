@@ -389,13 +389,77 @@ fn no_descriptor_leaks_over_100000_requests() {
     );
 }
 
+/// The daemon's threads: (name, status) of each.
+fn daemon_threads(pid: u32) -> Vec<(String, String)> {
+    let mut all = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let t = t.unwrap().path();
+        if let (Ok(st), Ok(comm)) = (
+            std::fs::read_to_string(t.join("status")),
+            std::fs::read_to_string(t.join("comm")),
+        ) {
+            all.push((comm.trim().to_string(), st));
+        } // else: ended since the listing
+    }
+    all
+}
+
+#[test]
+fn busy_connections_get_threads_of_their_own_by_default() {
+    // Eight clients sending back to back: each connection gets its own thread (the default
+    // bound is 256), and no poller is needed while none of them hangs.
+    let h = Helper::ours(&[]);
+    let lo = LoopDevice::new();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            let (socket, path, stop) = (h.socket.clone(), lo.path.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let dev = File::open(&path).unwrap();
+                let mut c = Conn::connect(&socket);
+                while !stop.load(std::sync::atomic::Ordering::Acquire) {
+                    assert_eq!(
+                        c.request(&pr_in(0, 64), dev.as_fd(), &[]).sense_code(),
+                        (0x05, 0x24, 0x00)
+                    );
+                }
+            })
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let all = daemon_threads(h.pid());
+        let conn = all.iter().filter(|(c, _)| c == "pr-helper-conn").count();
+        let poll = all.iter().filter(|(c, _)| c == "pr-helper-poll").count();
+        assert!(conn <= 8, "{conn} connection threads for 8 clients");
+        if conn == 8 {
+            assert_eq!(
+                poll, 0,
+                "pollers started although every busy connection has a thread"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "8 busy clients do not have a connection thread each within 20 s: {conn} do, \
+             {poll} pollers"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    for c in clients {
+        c.join().unwrap();
+    }
+}
+
 #[test]
 fn concurrent_sg_io_starts_connection_threads_under_seccomp() {
     // Many clients at once on a block device make the daemon start threads for busy
     // connections and poller threads after the seccomp filter is in place; each new thread must stay within the
     // allow-list (glibc used to open /sys/devices/system/cpu/online to size a new malloc arena,
     // and the daemon was killed) and carry the filter. Once the clients close, the connection threads end.
-    let h = Helper::ours(&[]);
+    // At most 4 connection threads here: the other 28 busy clients go to the pollers.
+    let h = Helper::ours(&["--connection-threads", "4"]);
     let lo = LoopDevice::new();
     let path = lo.path.clone();
     let socket = h.socket.clone();
@@ -418,20 +482,7 @@ fn concurrent_sg_io_starts_connection_threads_under_seccomp() {
             })
         })
         .collect();
-    // The daemon's threads: (name, status) of each.
-    let tasks = || {
-        let mut all = Vec::new();
-        for t in std::fs::read_dir(format!("/proc/{}/task", h.pid())).unwrap() {
-            let t = t.unwrap().path();
-            if let (Ok(st), Ok(comm)) = (
-                std::fs::read_to_string(t.join("status")),
-                std::fs::read_to_string(t.join("comm")),
-            ) {
-                all.push((comm.trim().to_string(), st));
-            } // else: ended since the listing
-        }
-        all
-    };
+    let tasks = || daemon_threads(h.pid());
     let deadline = Instant::now() + Duration::from_secs(20);
     // The first busy connections get threads of their own, the others the pollers.
     let busy = loop {
@@ -441,6 +492,10 @@ fn concurrent_sg_io_starts_connection_threads_under_seccomp() {
             assert!(st.contains("Seccomp:\t2"), "{comm}: {st}");
         }
         let busy = count("pr-helper-conn");
+        assert!(
+            busy <= 4,
+            "{busy} connection threads, more than --connection-threads 4"
+        );
         if busy >= 1 && count("pr-helper-poll") >= 1 {
             break busy;
         }

@@ -1,9 +1,12 @@
 #!/bin/bash
-# Runs inside the lab guest for lab/target-lio.sh: seven vhost-user-scsi controllers of one
-# pr-target (PCI slots 10h-16h; slot 10h is SAS initiator 1, 11h SAS initiator 2) and LIO in
-# the same guest.
-#  1. pr-lab run --against target: the parity and cluster scenario files on pr-target and on
-#     LIO, replies byte-identical but for the named SPC-4 departures, I/O results alike.
+# Runs inside the lab guest for lab/target-lio.sh: eight vhost-user-scsi controllers of one
+# pr-target (PCI slots 10h-17h; 10h-12h are SAS initiators 1-3, 13h-17h iSCSI names) and LIO
+# in the same guest.
+#  1. pr-lab run --against target: the parity and cluster scenario files, and
+#     lab/scenarios/target/access-types.scn (reads and writes of a holder, a registrant and
+#     an unregistered initiator under each of the six types), on pr-target and on LIO:
+#     replies byte-identical but for the named SPC-4 departures, every read and write
+#     allowed or refused (RESERVATION CONFLICT) alike.
 #  2. Pacemaker's fence_scsi agent (Debian fence-agents), node 1 on slot 10h, node 2 on 11h:
 #     unfence both, node 2 fences node 1: node 1's writes fail with RESERVATION CONFLICT and
 #     the backing file (read over 9p; lab/target-lio.sh checks it again) keeps what it held;
@@ -43,10 +46,10 @@ disk() {
   done
   return 1
 }
-# Every disk of the seven controllers (5 + 4 + 3 x 2 + 2 x 2 LUNs), bounded.
-want=19
+# Every disk of the eight controllers (6 + 5 + 2 + 3 x 2 + 2 x 2 LUNs), bounded.
+want=23
 for _ in $(seq 300); do
-  n=$(grep -lx "PR-HELP" /sys/block/sd*/device/vendor 2>/dev/null | wc -l)
+  n=$(cat /sys/block/sd*/device/vendor 2>/dev/null | grep -c "^PR-HELP *$")
   [ "$n" -ge $want ] && break
   sleep 0.1
 done
@@ -55,14 +58,14 @@ if [ "$n" -lt $want ]; then
   dmesg | grep -iE "scsi|virtio" | tail -20 | sed 's/^/  | /'
   finish
 fi
-ok "the guest sees pr-target's $want disks on seven vhost-user-scsi controllers"
+ok "the guest sees pr-target's $want disks on eight vhost-user-scsi controllers"
 
 # 1. The scenario files against pr-target.
 S=$TOP/lab/scenarios
 o=/run/lab-target-lio.out
 $BIN/pr-lab run --bin-dir "$BIN" --against target $verbose \
-  $S/parity.scn $S/fence-scsi.scn $S/windows-arbitration.scn $S/preempt-abort-parity.scn > $o 2>&1
-cat $o
+  $S/parity.scn $S/fence-scsi.scn $S/windows-arbitration.scn $S/preempt-abort-parity.scn \
+  $S/target/access-types.scn 2>&1 | tee $o
 pass=$((pass + $(grep -c '^PASS ' $o))); fail=$((fail + $(grep -c '^FAIL ' $o)))
 grep -q '^LAB-SCENARIOS ' $o || ko "pr-lab --against target did not finish"
 
@@ -154,7 +157,7 @@ if [ -n "$PG" ] && [ -c "$PG" ]; then
     ok "iscsi-test-cu on pr-target's $PG: $np passed, $ns skipped, $nf failed (listed)"
   else
     ko "iscsi-test-cu on pr-target's $PG: rc=$rc; unlisted failures:${unexpected:- none}"
-    grep -E "\[FAILED\]|FAILED|Expected|expected|failed with" /run/cu.out | head -60 | sed 's/^/  | /'
+    grep -E "\[FAILED\]|FAILED|Expected|expected|failed with" /run/cu.out | awk '!seen[$0]++' | head -60 | sed 's/^/  | /'
   fi
   sed "s/^/  | iscsi-test-cu: /" /run/cu.txt
   grep -B1 SKIPPED /run/cu.out | grep -v "^--" | head -20 | sed 's/^/  | skipped: /'

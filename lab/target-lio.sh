@@ -13,7 +13,7 @@
 #
 # The sockets are the nexuses LIO will name for the scenarios' initiators (pr-lab compares
 # READ FULL STATUS byte for byte, so the TransportIDs must be the same): the SAS addresses of
-# pr-lab's tcm_loop nexuses (crates/lab/src/lio.rs) on relative target ports 1 and 2, and the
+# pr-lab's tcm_loop nexuses (crates/lab/src/lio.rs) on relative target ports 1 to 3, and the
 # iSCSI names of its open-iscsi ifaces (crates/lab/src/lio/iscsi.rs) with the ISIDs open-iscsi
 # gives sessions 1 to 5 of a fresh guest (fence-scsi.scn logs in I1-I3, then
 # preempt-abort-parity.scn I1-I2), on LIO's iSCSI target port 1. pr-lab reads each socket's
@@ -32,7 +32,7 @@ work=$top/build/target-lio
 rm -rf "$work"; mkdir -p "$work"
 # name size-in-MiB: one LU per scenario file (fresh reservations for each), the scratch LU on
 # which pr-lab reads every socket's nexus, fence_scsi's and iscsi-test-cu's.
-lus=(scratch:8 parity:8 fence-scsi:8 windows-arbitration:8 preempt-abort-parity:8 fence-agent:16 cu:16)
+lus=(scratch:8 parity:8 fence-scsi:8 windows-arbitration:8 preempt-abort-parity:8 access-types:8 fence-agent:16 cu:16)
 {
   echo "store = \"$work/reservations.db\""
   n=0
@@ -47,15 +47,16 @@ lus=(scratch:8 parity:8 fence-scsi:8 windows-arbitration:8 preempt-abort-parity:
     printf '\n[[socket]]\npath = "%s/%s.sock"\ninitiator = "%s"\nrelative_target_port = %s\nrequest_queues = 1\nluns = { %s }\n' \
       "$work" "$1" "$2" "$3" "$4"
   }
-  socket sas1 sas:0x5001405000000b01 1 '0 = "lab-scratch", 1 = "lab-parity", 2 = "lab-windows-arbitration", 3 = "lab-fence-agent", 4 = "lab-cu"'
-  socket sas2 sas:0x5001405000000b02 2 '0 = "lab-scratch", 1 = "lab-parity", 2 = "lab-windows-arbitration", 3 = "lab-fence-agent"'
+  socket sas1 sas:0x5001405000000b01 1 '0 = "lab-scratch", 1 = "lab-parity", 2 = "lab-windows-arbitration", 3 = "lab-fence-agent", 4 = "lab-cu", 5 = "lab-access-types"'
+  socket sas2 sas:0x5001405000000b02 2 '0 = "lab-scratch", 1 = "lab-parity", 2 = "lab-windows-arbitration", 3 = "lab-fence-agent", 4 = "lab-access-types"'
+  socket sas3 sas:0x5001405000000b03 3 '0 = "lab-scratch", 1 = "lab-access-types"'
   for i in 1 2 3; do
     socket "isc$i" "iqn.2026-11.org.pr-helper.lab:i$i,i,0x00023d00000$i" 1 '0 = "lab-scratch", 1 = "lab-fence-scsi"'
   done
   socket isc4 "iqn.2026-11.org.pr-helper.lab:i1,i,0x00023d000004" 1 '0 = "lab-scratch", 1 = "lab-preempt-abort-parity"'
   socket isc5 "iqn.2026-11.org.pr-helper.lab:i2,i,0x00023d000005" 1 '0 = "lab-scratch", 1 = "lab-preempt-abort-parity"'
 } > "$work/target.toml"
-sockets=(sas1 sas2 isc1 isc2 isc3 isc4 isc5)
+sockets=(sas1 sas2 sas3 isc1 isc2 isc3 isc4 isc5)
 chown -R nobody:nogroup "$work"
 as_nobody=(setpriv --reuid=nobody --regid=nogroup --clear-groups --no-new-privs)
 "${as_nobody[@]}" "$bin" --config "$work/target.toml" --seccomp "${PR_TARGET_SECCOMP:-kill}" 2> "$work/target.log" &

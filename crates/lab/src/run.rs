@@ -575,13 +575,18 @@ fn run_steps(
             } => {
                 let (answers, departure) =
                     on_every_path(paths, lio, *initiator, operation).map_err(at)?;
+                let other = if target_devices(paths).is_some() {
+                    "pr-target"
+                } else {
+                    "emulated"
+                };
                 log.push(format!(
                     "{:<60} {} ({} ms){}",
                     step.text,
                     answers[0].describe(),
                     t0.elapsed().as_millis(),
                     departure.map_or(String::new(), |d| format!(
-                        "\n      emulated: {}: departure \"{}\", {}",
+                        "\n      {other}: {}: departure \"{}\", {}",
                         answers[1].describe(),
                         d.name,
                         d.clause

@@ -60,7 +60,13 @@ if [ "$n" -lt $want ]; then
 fi
 ok "the guest sees pr-target's $want disks on eight vhost-user-scsi controllers"
 
+# LAB_TARGET_LIO_PARTS on the host (labparts= here) picks parts for experiments; all by default.
+parts=,$(sed -n 's/.*labparts=\([^ ]*\).*/\1/p' /proc/cmdline),
+[ "$parts" = ,, ] && parts=,scenarios,fence,cu,
+part() { case $parts in *,$1,*) return 0;; esac; echo "target-lio: part $1 not asked for (labparts)"; return 1; }
+
 # 1. The scenario files against pr-target.
+if part scenarios; then
 S=$TOP/lab/scenarios
 o=/run/lab-target-lio.out
 $BIN/pr-lab run --bin-dir "$BIN" --against target $verbose \
@@ -68,10 +74,13 @@ $BIN/pr-lab run --bin-dir "$BIN" --against target $verbose \
   $S/target/access-types.scn 2>&1 | tee $o
 pass=$((pass + $(grep -c '^PASS ' $o))); fail=$((fail + $(grep -c '^FAIL ' $o)))
 grep -q '^LAB-SCENARIOS ' $o || ko "pr-lab --against target did not finish"
+fi
 
 # 2. fence_scsi, both nodes on pr-target's lab-fence-agent LU.
 A=$(disk 10 lab-fence-agent); B=$(disk 11 lab-fence-agent)
-if [ -z "$A" ] || [ -z "$B" ]; then
+if ! part fence; then
+  :
+elif [ -z "$A" ] || [ -z "$B" ]; then
   ko "fence_scsi: no lab-fence-agent disk on both SAS controllers"
 else
   IMG=$WORK/fence-agent.img
@@ -137,7 +146,9 @@ declare -A EXPECTED_FAIL=()
 CU=$(disk 10 lab-cu)
 PG=
 [ -n "$CU" ] && PG=/dev/$(ls "/sys/block/${CU#/dev/}/device/scsi_generic" 2>/dev/null | head -1)
-if [ -n "$PG" ] && [ -c "$PG" ]; then
+if ! part cu; then
+  :
+elif [ -n "$PG" ] && [ -c "$PG" ]; then
   LD_LIBRARY_PATH=$ISCSI_ROOT/usr/lib/x86_64-linux-gnu:$ISCSI_ROOT/lib/x86_64-linux-gnu \
     timeout 400 "$ISCSI_ROOT/usr/bin/iscsi-test-cu" -d -v -t "$TESTS" "$PG" > /run/cu.out 2>&1; rc=$?
   awk 'function out() { if (test != "") print tsuite "." test, res (skip ? " skipped" : ""); test = "" }
@@ -160,7 +171,7 @@ if [ -n "$PG" ] && [ -c "$PG" ]; then
     grep -E "\[FAILED\]|FAILED|Expected|expected|failed with" /run/cu.out | awk '!seen[$0]++' | head -60 | sed 's/^/  | /'
   fi
   sed "s/^/  | iscsi-test-cu: /" /run/cu.txt
-  grep -B1 SKIPPED /run/cu.out | grep -v "^--" | head -20 | sed 's/^/  | skipped: /'
+  grep SKIPPED /run/cu.out | sed 's/^ *//' | awk '!seen[$0]++' | sed 's/^/  | skipped: /'
 else
   ko "iscsi-test-cu: no SG device for pr-target's lab-cu disk ($CU)"
 fi

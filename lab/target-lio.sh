@@ -22,7 +22,9 @@
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 bin=${PR_TARGET_BIN:-$top/target/release/pr-target}
-timeout_s=${LAB_TIMEOUT_TARGET_LIO:-900}
+timeout_s=${LAB_TIMEOUT_TARGET_LIO:-1500}
+# LAB_TARGET_LIO_PARTS=scenarios,fence,cu (the default: all) picks what the guest runs.
+parts=${LAB_TARGET_LIO_PARTS:-scenarios,fence,cu}
 pass=0; fail=0
 ok() { echo "PASS target-lio: $*"; pass=$((pass + 1)); }
 ko() { echo "FAIL target-lio: $*"; fail=$((fail + 1)); }
@@ -84,7 +86,7 @@ log=$work/console.log
 start=$(date +%s)
 timeout --kill-after=10 "$timeout_s" qemu-system-x86_64 -accel tcg -cpu max -m 1024 -smp 2 \
   -nographic -no-reboot -kernel "$out/vmlinuz" -initrd "$out/initrd.img" \
-  -append "console=ttyS0 quiet panic=-1 labscript=$top/lab/target-lio-guest.sh labverbose=${LAB_VERBOSE:-0}" \
+  -append "console=ttyS0 quiet panic=-1 labscript=$top/lab/target-lio-guest.sh labparts=$parts labverbose=${LAB_VERBOSE:-0}" \
   -fsdev local,id=hr,path=/,security_model=none,readonly=on,multidevs=remap \
   -device virtio-9p-pci,fsdev=hr,mount_tag=hostroot \
   -object memory-backend-memfd,id=mem,size=1024M,share=on -numa node,memdev=mem \
@@ -107,7 +109,9 @@ fi
 # On the host: fence_scsi's fenced node wrote nothing (region at 4 KiB block 100 keeps the
 # data it wrote before it was fenced), and after the unfence its write is there (block 200).
 img=$work/fence-agent.img
-if grep -q "^PASS target-lio: fence_scsi: the fenced node's write" "$log"; then
+if [[ ,$parts, != *,fence,* ]]; then
+  echo "target: fence_scsi part not asked for (LAB_TARGET_LIO_PARTS=$parts)"
+elif grep -q "^PASS target-lio: fence_scsi: the fenced node's write" "$log"; then
   if dd if="$img" bs=4096 skip=100 count=16 status=none | cmp -s - "$work/before"; then
     ok "host: fence_scsi's fenced node changed nothing in the backing file where it wrote"
   else

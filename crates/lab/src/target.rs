@@ -267,3 +267,29 @@ impl Targets {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pr_scsi::RelativeTargetPort;
+
+    #[test]
+    fn nexuses_compare_with_the_isid_in_lower_case() {
+        let iscsi = |isid: &str| Nexus {
+            initiator: TransportId::Iscsi {
+                name: "iqn.2026-11.org.pr-helper.lab:i1".into(),
+                isid: Some(isid.into()),
+            },
+            relative_target_port: RelativeTargetPort(1),
+        };
+        assert_eq!(normalized(&iscsi("00023D00000A")), iscsi("00023d00000a"));
+        assert_ne!(normalized(&iscsi("00023d00000b")), iscsi("00023d00000a"));
+        let sas = Nexus {
+            initiator: TransportId::Sas {
+                sas_address: [0x50, 0x01, 0x40, 0x50, 0, 0, 0x0b, 0x01],
+            },
+            relative_target_port: RelativeTargetPort(2),
+        };
+        assert_eq!(normalized(&sas), sas);
+    }
+}

@@ -23,6 +23,8 @@ pub enum Against {
     Lio,
     /// The emulate backend, one daemon per initiator, against LIO's own answers.
     Emulate,
+    /// pr-target's disks in the guest, one socket per initiator, against LIO's own answers.
+    Target,
 }
 
 /// A difference between LIO's reply and the engine's that is allowed: LIO departs from SPC-4
@@ -181,7 +183,7 @@ fn config_syntax(t: &TransportId) -> Result<String, String> {
 /// own on the scratch LU `scratch` (straight on the device, sg_raw), and LIO's READ FULL
 /// STATUS gives each key's TransportID and relative target port (SPC-4 §6.14.5). So the
 /// emulation sees the very nexuses LIO sees (over iSCSI: format 01b with the session's ISID).
-fn lio_nexuses(lio: &Lio, scratch: usize) -> Result<Vec<Nexus>, String> {
+pub(crate) fn lio_nexuses(lio: &Lio, scratch: usize) -> Result<Vec<Nexus>, String> {
     let key = |i: usize| 0x5c5c_0000_0000_0000u64 + i as u64 + 1;
     for (i, devs) in lio.devices.iter().enumerate() {
         let mut cdb = [0u8; 16];

@@ -18,6 +18,7 @@ mod random;
 mod run;
 mod scenario;
 mod sgp;
+mod target;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -56,7 +57,9 @@ enum Cmd {
         /// `lio`: as the scenario says, our helper on LIO. `emulate`: every initiator through an
         /// emulate daemon of its own (its LIO TransportID and relative target port, one shared
         /// store), compared byte for byte with LIO's own answers on another LU; only the SPC-4
-        /// departures listed in docs/emulation.md may differ.
+        /// departures listed in docs/emulation.md may differ. `target`: every initiator on the
+        /// pr-target disk (vhost-user-scsi) whose socket is the nexus LIO names for it, the LU
+        /// with serial `lab-NAME`, against LIO's answers on an LU of its own (lab/target-lio.sh).
         #[arg(long, value_enum, default_value = "lio", value_name = "WHAT")]
         against: AgainstArg,
         #[arg(required = true, value_name = "SCENARIO")]
@@ -68,6 +71,7 @@ enum Cmd {
 enum AgainstArg {
     Lio,
     Emulate,
+    Target,
 }
 
 fn main() -> ExitCode {
@@ -100,6 +104,22 @@ fn main() -> ExitCode {
             let (against, suffix) = match against {
                 AgainstArg::Lio => (emulate::Against::Lio, ""),
                 AgainstArg::Emulate => (emulate::Against::Emulate, " against emulate"),
+                AgainstArg::Target => (emulate::Against::Target, " against pr-target"),
+            };
+            // pr-target's sockets, named once for every scenario.
+            let targets = match against {
+                emulate::Against::Target => match target::Targets::discover() {
+                    Ok(t) => {
+                        println!("pr-target sockets: {}", t.describe());
+                        Some(t)
+                    }
+                    Err(e) => {
+                        println!("FAIL pr-target: {e}");
+                        println!("LAB-SCENARIOS 0 1");
+                        return ExitCode::FAILURE;
+                    }
+                },
+                _ => None,
             };
             let bins = helpers::Binaries {
                 ours: bin_dir.join("pr-helper"),
@@ -117,7 +137,7 @@ fn main() -> ExitCode {
                         continue;
                     }
                 };
-                match run::run(&sc, index + 1, &bins, against) {
+                match run::run(&sc, index + 1, &bins, against, targets.as_ref()) {
                     Ok(log) => {
                         pass += 1;
                         println!(

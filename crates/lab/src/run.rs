@@ -16,6 +16,7 @@ use crate::emulate::{Against, Emulation};
 use crate::helpers::{Binaries, Helper};
 use crate::lio::Lio;
 use crate::scenario::{Action, Backend, Expect, HelperKind, Mode, Scenario, State};
+use crate::target::Targets;
 use crate::{random, sgp};
 
 /// One reply, whichever way it came.
@@ -64,6 +65,10 @@ enum Way {
         sockets: Vec<PathBuf>,
         clients: Vec<Option<Client>>,
     },
+    /// pr-target: initiator i's commands straight on its disk of the scenario's LU (sg_raw).
+    Target {
+        devices: Vec<PathBuf>,
+    },
 }
 
 impl Way {
@@ -72,6 +77,7 @@ impl Way {
             Way::Helper { .. } => "helper",
             Way::Direct => "sg_raw",
             Way::Emulate { .. } => "emulate",
+            Way::Target { .. } => "pr-target",
         }
     }
 }
@@ -271,6 +277,8 @@ fn on_every_path(
             Way::Emulate { sockets, clients } => {
                 via_helper(&sockets[initiator], &mut clients[initiator], dev, operation)
             }
+            Way::Target { devices } => via_sg_raw(&devices[initiator], operation)
+                .map_err(|e| format!("on {}: {e}", devices[initiator].display())),
         }
         .map_err(|e| format!("{name} on {}: {e}", dev.display()))?;
         answers.push(a);
@@ -279,7 +287,7 @@ fn on_every_path(
     if let Some(other) = answers.get(1) {
         if other != &answers[0] {
             let departure = match paths[1].0 {
-                Way::Emulate { .. } => {
+                Way::Emulate { .. } | Way::Target { .. } => {
                     crate::emulate::departure(&operation.request().0, &answers[0], other)
                 }
                 _ => None,
@@ -356,11 +364,14 @@ pub fn run(
     index: usize,
     bins: &Binaries,
     against: Against,
+    targets: Option<&Targets>,
 ) -> Result<Vec<String>, (Vec<String>, String)> {
     let mut log = Vec::new();
-    let result = match against {
-        Against::Lio => run_inner(sc, index, bins, &mut log),
-        Against::Emulate => run_emulated(sc, index, bins, &mut log),
+    let result = match (against, targets) {
+        (Against::Lio, _) => run_inner(sc, index, bins, &mut log),
+        (Against::Emulate, _) => run_emulated(sc, index, bins, &mut log),
+        (Against::Target, Some(t)) => run_on_target(sc, index, bins, t, &mut log),
+        (Against::Target, None) => Err("--against target: no pr-target disks found".into()),
     };
     match result {
         Ok(()) => Ok(log),
@@ -467,6 +478,79 @@ fn run_emulated(
     Ok(())
 }
 
+/// The scenario against pr-target: LIO answers on its LU 0 straight from the device (sg_raw),
+/// pr-target on the disks of the LU with serial `lab-NAME` of the sockets that are the
+/// nexuses LIO names for the scenario's initiators (crate::target).
+fn run_on_target(
+    sc: &Scenario,
+    index: usize,
+    bins: &Binaries,
+    targets: &Targets,
+    log: &mut Vec<String>,
+) -> Result<(), String> {
+    let tag = format!("{}-tgt", sc.name);
+    let index = index + 0x200;
+    // LU 0: LIO's answers; LU 1: the scratch LU on which LIO names each initiator's nexus.
+    let lio = Lio::setup(&tag, index, 2, sc.initiators, sc.fabric)?;
+    let nexuses = crate::emulate::lio_nexuses(&lio, 1)?;
+    let serial = format!("lab-{}", sc.name);
+    let devices = targets.disks_for(&nexuses, &serial)?;
+    log.push(format!(
+        "pr-target: {}",
+        devices
+            .iter()
+            .zip(&nexuses)
+            .enumerate()
+            .map(|(i, (d, n))| format!(
+                "I{} = {} ({} on relative target port {}; LIO: {})",
+                i + 1,
+                d.display(),
+                n.initiator,
+                n.relative_target_port.0,
+                lio.devices[i][0].display()
+            ))
+            .collect::<Vec<_>>()
+            .join("; ")
+    ));
+    let mut paths = vec![(Way::Direct, 0), (Way::Target { devices }, 0)];
+    let mut helpers = Vec::new();
+    run_steps(sc, bins, &lio, &mut helpers, &mut paths, None, log)?;
+    drop(lio);
+    Ok(())
+}
+
+/// pr-target's disks when the scenario runs against it.
+fn target_devices(paths: &[(Way, usize)]) -> Option<&[PathBuf]> {
+    paths.iter().find_map(|(w, _)| match w {
+        Way::Target { devices } => Some(devices.as_slice()),
+        _ => None,
+    })
+}
+
+/// `sg_persist -n --in` with the flag of `read` on `dev`: its text output.
+fn sg_persist_in(read: &str, dev: &Path) -> Result<String, String> {
+    let flag = match read {
+        "keys" => "-k",
+        "reservation" => "-r",
+        "capabilities" => "-c",
+        _ => "-s",
+    };
+    let sg = crate::bounded("sg_persist")
+        .args(["-n", "--in", flag])
+        .arg(dev)
+        .output()
+        .map_err(|e| format!("sg_persist: {e}"))?;
+    let text = String::from_utf8_lossy(&sg.stdout).into_owned();
+    if !sg.status.success() {
+        return Err(format!(
+            "sg_persist on {} failed: {text}{}",
+            dev.display(),
+            String::from_utf8_lossy(&sg.stderr)
+        ));
+    }
+    Ok(text)
+}
+
 /// Runs every step of the scenario on `paths`. With `emulation`, `helpers[i]` is initiator
 /// i's emulate daemon and the first path is LIO's answer, which the expectations describe.
 #[allow(clippy::too_many_arguments)]
@@ -491,13 +575,18 @@ fn run_steps(
             } => {
                 let (answers, departure) =
                     on_every_path(paths, lio, *initiator, operation).map_err(at)?;
+                let other = if target_devices(paths).is_some() {
+                    "pr-target"
+                } else {
+                    "emulated"
+                };
                 log.push(format!(
                     "{:<60} {} ({} ms){}",
                     step.text,
                     answers[0].describe(),
                     t0.elapsed().as_millis(),
                     departure.map_or(String::new(), |d| format!(
-                        "\n      emulated: {}: departure \"{}\", {}",
+                        "\n      {other}: {}: departure \"{}\", {}",
                         answers[1].describe(),
                         d.name,
                         d.clause
@@ -648,6 +737,31 @@ fn run_steps(
                     t0.elapsed().as_millis()
                 ));
             }
+            Action::SgPersist { initiator, read } if target_devices(paths).is_some() => {
+                // Against pr-target: sg_persist reads LIO and pr-target; its decodings of the
+                // two must be equal (the bytes are compared by the `status`-style steps).
+                let theirs = target_devices(paths).expect("checked")[*initiator].clone();
+                let lio_text = sg_persist_in(read, &lio.devices[*initiator][0]).map_err(at)?;
+                let tgt_text = sg_persist_in(read, &theirs).map_err(at)?;
+                let mut on_lio = sgp::decode(read, &lio_text).map_err(at)?;
+                let mut on_target = sgp::decode(read, &tgt_text).map_err(at)?;
+                if read == "capabilities" {
+                    // The REPORT CAPABILITIES departure (crate::emulate::DEPARTURES).
+                    for v in [&mut on_lio, &mut on_target] {
+                        if let Some(m) = v.as_object_mut() {
+                            m.remove("crh");
+                        }
+                    }
+                }
+                log.push(format!("{:<60} {on_target}", step.text));
+                if on_lio != on_target {
+                    return Err(at(format!(
+                        "sg_persist reads LIO and pr-target differently:\n  LIO:       {on_lio}\n  \
+                         pr-target: {on_target}\n  sg_persist said on LIO:\n{lio_text}\n  on \
+                         pr-target:\n{tgt_text}"
+                    )));
+                }
+            }
             Action::SgPersist { initiator, read } => {
                 // sg_persist reads LIO; pr-ctl reads through our helper (passthrough on the
                 // same device) or, against the emulation, initiator's own emulate daemon.
@@ -725,6 +839,7 @@ fn run_steps(
                 for (way, lu) in paths.iter() {
                     let r = match (way, emulation.as_deref_mut()) {
                         (Way::Emulate { .. }, Some(e)) => e.io(*initiator, *write),
+                        (Way::Target { devices }, _) => io(&devices[*initiator], *write),
                         _ => io(&lio.devices[*initiator][*lu], *write),
                     };
                     results.push(r.map_err(at)?);
@@ -753,6 +868,19 @@ fn run_steps(
                         if results[0] { "succeeded" } else { "failed" }
                     )));
                 }
+            }
+            Action::RestartHelper if target_devices(paths).is_some() => {
+                return Err(at(
+                    "restart-helper: against pr-target there is no helper to restart".into(),
+                ));
+            }
+            Action::CheckPrivileges if target_devices(paths).is_some() => {
+                // pr-target runs on the host; lab/target-lio.sh checks it runs as nobody.
+                log.push(format!(
+                    "{:<60} not applicable: no helper runs in the guest (pr-target runs on the \
+                     host as nobody, checked by lab/target-lio.sh)",
+                    step.text
+                ));
             }
             Action::RestartHelper => {
                 for h in helpers.iter_mut() {

@@ -127,7 +127,14 @@ pub fn setup(lio: &Lio, index: usize) -> Result<Vec<Vec<PathBuf>>, String> {
         discover.extend(["-I", f.as_str()]);
     }
     iscsiadm(&discover)?;
-    iscsiadm(&["-m", "node", "-T", &target, "-p", PORTAL, "--login"])?;
+    // One iface after the other, I1 first: the initiator gives each new session the next
+    // ISID, so in a guest that starts from none the ISIDs are predictable (pr-lab --against
+    // target needs pr-target configured with the very nexuses LIO sees; lab/target-lio.sh).
+    for f in &ifaces {
+        iscsiadm(&[
+            "-m", "node", "-T", &target, "-p", PORTAL, "-I", f, "--login",
+        ])?;
+    }
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let found = sessions(&target, lio.initiators, lio.lus)?;

@@ -132,9 +132,12 @@ pub enum Command {
     Write {
         extent: Extent,
         fua: bool,
-        /// WRITE AND VERIFY: the data is compared after writing (BYTCHK=0: the medium is
+        /// WRITE AND VERIFY: the data is verified after writing (BYTCHK=00b: the medium is
         /// read back, which our medium always passes).
         verify: bool,
+        /// WRITE AND VERIFY with BYTCHK=01b (SBC-3 §5.40): the blocks are read back after
+        /// the write and compared byte for byte with the data-out (MISCOMPARE if they differ).
+        compare: bool,
     },
     Verify {
         extent: Extent,
@@ -155,6 +158,8 @@ pub enum Command {
         allocation: u32,
     },
     ReportSupportedOperationCodes {
+        /// RCTD: a command timeouts descriptor with each command descriptor.
+        rctd: bool,
         options: u8,
         opcode: u8,
         service_action: u16,
@@ -269,6 +274,7 @@ impl Command {
                         extent,
                         fua: false,
                         verify: false,
+                        compare: false,
                     }
                 }
             }
@@ -295,15 +301,20 @@ impl Command {
                         extent,
                         fua,
                         verify: false,
+                        compare: false,
                     },
                     0x2e | 0x8e => {
-                        if c[1] & 0x02 != 0 {
-                            return Err(field(1, Some(1))); // BYTCHK=1 not supported
+                        // BYTCHK (byte 1 bits 2-1): 00b verify the medium, 01b compare with
+                        // the data-out; 10b and 11b are reserved for WRITE AND VERIFY.
+                        let bytchk = (c[1] >> 1) & 0x03;
+                        if bytchk > 1 {
+                            return Err(field(1, Some(2)));
                         }
                         Command::Write {
                             extent,
                             fua: true,
                             verify: true,
+                            compare: bytchk == 1,
                         }
                     }
                     _ => {
@@ -379,6 +390,7 @@ impl Command {
                     return Err(field(2, Some(2)));
                 }
                 Command::ReportSupportedOperationCodes {
+                    rctd: c[2] & 0x80 != 0,
                     options,
                     opcode: c[3],
                     service_action: be16(c, 4),

@@ -214,12 +214,14 @@ impl<D: BlockDevice> DiskServer<D> {
                 Reply::good(pages::read_capacity_16(self, *allocation))
             }
             Command::ReportSupportedOperationCodes {
+                rctd,
                 options,
                 opcode,
                 service_action,
                 allocation,
             } => pages::supported_operation_codes(
                 self,
+                *rctd,
                 *options,
                 *opcode,
                 *service_action,
@@ -232,7 +234,12 @@ impl<D: BlockDevice> DiskServer<D> {
                     Err(_) => check(sense::READ_ERROR),
                 }
             }
-            Command::Write { extent, fua, .. } => {
+            Command::Write {
+                extent,
+                fua,
+                compare,
+                ..
+            } => {
                 if self.read_only {
                     return check(sense::WRITE_PROTECTED);
                 }
@@ -240,13 +247,26 @@ impl<D: BlockDevice> DiskServer<D> {
                     return self.short_data_out(p);
                 }
                 let data = &data_out[..p.data_out_len];
-                let written = self
-                    .device
-                    .write_at(data, extent.lba * bs as u64)
-                    .and_then(|()| if *fua { self.device.flush() } else { Ok(()) });
-                match written {
-                    Ok(()) => Reply::good(Vec::new()),
-                    Err(_) => check(sense::WRITE_ERROR),
+                let offset = extent.lba * bs as u64;
+                let written = self.device.write_at(data, offset).and_then(|()| {
+                    if *fua {
+                        self.device.flush()
+                    } else {
+                        Ok(())
+                    }
+                });
+                if written.is_err() {
+                    return check(sense::WRITE_ERROR);
+                }
+                if !*compare {
+                    return Reply::good(Vec::new());
+                }
+                // BYTCHK=01b: what the medium now holds, byte for byte.
+                let mut back = vec![0u8; data.len()];
+                match self.device.read_at(&mut back, offset) {
+                    Ok(()) if back == data => Reply::good(Vec::new()),
+                    Ok(()) => check(sense::MISCOMPARE_DURING_VERIFY),
+                    Err(_) => check(sense::READ_ERROR),
                 }
             }
             Command::Verify { extent, compare } => {
@@ -337,11 +357,14 @@ impl<D: BlockDevice> DiskServer<D> {
             return Reply::check(SenseData::invalid_parameter_field(2, None));
         }
         let mut ranges = Vec::with_capacity(descriptors);
+        // MAXIMUM UNMAP LBA COUNT bounds the whole command (SBC-3 §6.6.4).
+        let mut total = 0u64;
         for i in 0..descriptors {
             let d = &data[8 + 16 * i..8 + 16 * (i + 1)];
             let lba = u64::from_be_bytes(d[..8].try_into().unwrap_or([0; 8]));
             let blocks = u32::from_be_bytes(d[8..12].try_into().unwrap_or([0; 4]));
-            if blocks > MAX_UNMAP_BLOCKS {
+            total += u64::from(blocks);
+            if total > u64::from(MAX_UNMAP_BLOCKS) {
                 return Reply::check(SenseData::invalid_parameter_field(
                     (8 + 16 * i + 8) as u16,
                     None,

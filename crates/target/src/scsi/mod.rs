@@ -31,6 +31,7 @@ pub const MAX_PARAMETER_LIST: usize = 64 * 1024;
 /// Most UNMAP block descriptors in one command (VPD B0h MAXIMUM UNMAP BLOCK DESCRIPTOR COUNT).
 pub const MAX_UNMAP_DESCRIPTORS: u32 = 256;
 
-/// Most blocks one UNMAP descriptor or WRITE SAME covers (VPD B0h MAXIMUM UNMAP LBA COUNT and
-/// MAXIMUM WRITE SAME LENGTH).
-pub const MAX_UNMAP_BLOCKS: u32 = 1 << 22;
+/// Most blocks one UNMAP command (all its descriptors) or WRITE SAME covers (VPD B0h MAXIMUM
+/// UNMAP LBA COUNT and MAXIMUM WRITE SAME LENGTH): 2^20, the largest explicit limit libiscsi's
+/// iscsi-test-cu (Inquiry.BlockLimits) accepts as sane.
+pub const MAX_UNMAP_BLOCKS: u32 = 1 << 20;

@@ -242,8 +242,14 @@ pub fn mode_sense<D: BlockDevice>(disk: &DiskServer<D>, cmd: &Command) -> Reply 
 /// "Command descriptor format" table) or one (001b–011b, "One_command parameter data
 /// format", SUPPORT 011b with a CDB usage map whose bits are all set except in the control
 /// byte).
+/// The command timeouts descriptor (SPC-4 table "Command timeouts descriptor format"):
+/// DESCRIPTOR LENGTH 000Ah, then NOMINAL COMMAND PROCESSING TIMEOUT and RECOMMENDED COMMAND
+/// TIMEOUT both 0, "not specified" (no command of ours has a timeout of its own).
+const COMMAND_TIMEOUTS: [u8; 12] = [0, 0x0a, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+
 pub fn supported_operation_codes<D: BlockDevice>(
     disk: &DiskServer<D>,
+    rctd: bool,
     options: u8,
     opcode: u8,
     service_action: u16,
@@ -258,8 +264,12 @@ pub fn supported_operation_codes<D: BlockDevice>(
                 d.push(0);
                 d.extend_from_slice(&o.service_action.unwrap_or(0).to_be_bytes());
                 d.push(0);
-                d.push(u8::from(o.service_action.is_some()));
+                // Byte 5: CTDP (bit 1) when a timeouts descriptor follows, SERVACTV (bit 0).
+                d.push(u8::from(rctd) << 1 | u8::from(o.service_action.is_some()));
                 d.extend_from_slice(&u16::from(o.cdb_len).to_be_bytes());
+                if rctd {
+                    d.extend_from_slice(&COMMAND_TIMEOUTS);
+                }
             }
             let mut v = (d.len() as u32).to_be_bytes().to_vec();
             v.extend(d);
@@ -284,9 +294,13 @@ pub fn supported_operation_codes<D: BlockDevice>(
                         usage[1] = 0x1f;
                     }
                     usage[n - 1] = 0;
-                    let mut v = vec![0, 0x03];
+                    // Byte 1: CTDP (bit 7), SUPPORT 011b (supported as the standard says).
+                    let mut v = vec![0, u8::from(rctd) << 7 | 0x03];
                     v.extend_from_slice(&(n as u16).to_be_bytes());
                     v.extend(usage);
+                    if rctd {
+                        v.extend_from_slice(&COMMAND_TIMEOUTS);
+                    }
                     v
                 }
                 None => vec![0, 0x01, 0, 0],

@@ -128,14 +128,15 @@ fn vpd_pages_follow_spc4_and_sbc3() {
         ]
     );
     // Block Limits (SBC-3): PAGE LENGTH 003Ch; WSNZ (byte 4 bit 0); MAXIMUM TRANSFER LENGTH
-    // (bytes 8–11) = 1 MiB / 512 = 800h blocks; MAXIMUM UNMAP LBA COUNT (20–23) 400000h;
-    // MAXIMUM UNMAP BLOCK DESCRIPTOR COUNT (24–27) 256; MAXIMUM WRITE SAME LENGTH (36–43).
+    // (bytes 8–11) = 1 MiB / 512 = 800h blocks; MAXIMUM UNMAP LBA COUNT (20–23) 100000h
+    // (2^20, the most libiscsi's Inquiry.BlockLimits accepts); MAXIMUM UNMAP BLOCK DESCRIPTOR
+    // COUNT (24–27) 256; MAXIMUM WRITE SAME LENGTH (36–43) 100000h.
     let b0 = vpd(0xb0);
     assert_eq!(b0.len(), 64);
     assert_eq!(&b0[..5], &[0, 0xb0, 0x00, 0x3c, 0x01]);
     assert_eq!(&b0[8..12], &[0, 0, 0x08, 0]);
-    assert_eq!(&b0[20..28], &[0, 0x40, 0, 0, 0, 0, 1, 0]);
-    assert_eq!(&b0[36..44], &[0, 0, 0, 0, 0, 0x40, 0, 0]);
+    assert_eq!(&b0[20..28], &[0, 0x10, 0, 0, 0, 0, 1, 0]);
+    assert_eq!(&b0[36..44], &[0, 0, 0, 0, 0, 0x10, 0, 0]);
     // Block Device Characteristics (SBC-3): MEDIUM ROTATION RATE 0001h, non-rotating.
     assert_eq!(&vpd(0xb1)[..6], &[0, 0xb1, 0, 0x3c, 0, 1]);
     // Logical Block Provisioning (SBC-3): LBPU, LBPWS, LBPWS10 and LBPRZ in byte 5,
@@ -323,6 +324,31 @@ fn verify_write_same_unmap_and_synchronize_cache() {
     good(run(&d, &[0x2f, 0, 0, 0, 0, 3, 0, 0, 1, 0], &[]));
     // WRITE AND VERIFY (10).
     good(run(&d, &[0x2e, 0, 0, 0, 0, 4, 0, 0, 1, 0], &block));
+    // WRITE AND VERIFY (10) and (16) with BYTCHK=01b (byte 1 bit 1, SBC-3 §5.40/§5.41):
+    // written, read back and compared: GOOD, and the blocks hold the data.
+    let other = vec![0x5au8; 1024];
+    good(run(&d, &[0x2e, 0x02, 0, 0, 0, 5, 0, 0, 2, 0], &other));
+    assert_eq!(
+        good(run(&d, &[0x28, 0, 0, 0, 0, 5, 0, 0, 2, 0], &[])),
+        other
+    );
+    let mut wv16 = [0u8; 16];
+    wv16[..2].copy_from_slice(&[0x8e, 0x02]);
+    wv16[9] = 7;
+    wv16[13] = 1;
+    good(run(&d, &wv16, &block));
+    assert_eq!(
+        good(run(&d, &[0x28, 0, 0, 0, 0, 7, 0, 0, 1, 0], &[])),
+        block
+    );
+    // BYTCHK 10b and 11b are reserved for WRITE AND VERIFY: INVALID FIELD IN CDB.
+    for b1 in [0x04u8, 0x06] {
+        assert_eq!(
+            sense(&run(&d, &[0x2e, b1, 0, 0, 0, 4, 0, 0, 1, 0], &block)),
+            (5, 0x24, 0),
+            "{b1:#x}"
+        );
+    }
     // WRITE SAME (10), LBA 10, 4 blocks of one block's data.
     let pattern: Vec<u8> = (0..512u32).map(|i| i as u8).collect();
     good(run(&d, &[0x41, 0, 0, 0, 0, 10, 0, 0, 4, 0], &pattern));
@@ -364,6 +390,14 @@ fn verify_write_same_unmap_and_synchronize_cache() {
     assert_eq!(
         good(run(&d, &[0x28, 0, 0, 0, 0, 3, 0, 0, 1, 0], &[])),
         block
+    );
+    // More blocks than MAXIMUM UNMAP LBA COUNT (2^20) in one command: INVALID FIELD IN
+    // PARAMETER LIST (05h/26h/00h), checked before the range.
+    let mut list = vec![0, 22, 0, 16, 0, 0, 0, 0];
+    list.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10, 0, 1, 0, 0, 0, 0]);
+    assert_eq!(
+        sense(&run(&d, &[0x42, 0, 0, 0, 0, 0, 0, 0, 24, 0], &list)),
+        (5, 0x26, 0)
     );
     // A parameter list shorter than 8 bytes: PARAMETER LIST LENGTH ERROR (05h/1Ah/00h).
     assert_eq!(
@@ -445,6 +479,31 @@ fn report_supported_operation_codes_follows_spc4() {
         &[],
     ));
     assert_eq!(none, [0, 0x01, 0, 0]);
+    // RCTD=1 (byte 2 bit 7): every command descriptor has CTDP (byte 5 bit 1) and is
+    // followed by a command timeouts descriptor (SPC-4 "Command timeouts descriptor format":
+    // DESCRIPTOR LENGTH 000Ah, 10 more bytes), 20 bytes per command.
+    let timeouts = [0u8, 0x0a, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    let all = good(run(
+        &d,
+        &[0xa3, 0x0c, 0x80, 0, 0, 0, 0, 0, 0x10, 0, 0, 0],
+        &[],
+    ));
+    let descs: Vec<&[u8]> = all[4..].chunks(20).collect();
+    assert!(descs
+        .iter()
+        .all(|c| c.len() == 20 && c[5] & 0x02 != 0 && c[8..] == timeouts));
+    assert!(descs.contains(&&[&[0x28u8, 0, 0, 0, 0, 2, 0, 10][..], &timeouts[..]].concat()[..]));
+    assert!(descs.contains(&&[&[0x9eu8, 0, 0, 0x10, 0, 3, 0, 16][..], &timeouts[..]].concat()[..]));
+    // One command with RCTD: CTDP is byte 1 bit 7, the timeouts descriptor follows the usage
+    // data.
+    let one = good(run(
+        &d,
+        &[0xa3, 0x0c, 0x81, 0x28, 0, 0, 0, 0, 0, 0xff, 0, 0],
+        &[],
+    ));
+    assert_eq!(&one[..5], &[0, 0x83, 0, 10, 0x28]);
+    assert_eq!(one.len(), 4 + 10 + 12);
+    assert_eq!(&one[14..], &timeouts);
     // REPORTING OPTIONS 001b for an opcode with service actions: INVALID FIELD IN CDB.
     assert_eq!(
         sense(&run(

@@ -24,8 +24,9 @@ pub enum Command {
     Idle(IdleArgs),
     /// Start QEMU's C helper and ours, run the same sweep against both, print the ratios.
     Compare(CompareArgs),
-    /// The emulate backend (SQLite store) on a loop device against the passthrough path: PR
-    /// IN and durable PR OUT requests/s, and group commit against one fsync per command.
+    /// The emulate backend (SQLite store; --store sqlite,etcd adds the etcd store) on a loop
+    /// device against the passthrough path: PR IN and durable PR OUT requests/s, and group
+    /// commit against one fsync per command.
     Emulate(crate::emulate::EmulateArgs),
     /// Regenerate docs/performance.md (and its plot) from a results directory.
     Report(ReportArgs),

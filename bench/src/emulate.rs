@@ -11,6 +11,10 @@
 //! generation grows, so every command is written and fsynced before its reply). The helpers
 //! alternate within each step and the medians over rounds are reported, with the load average
 //! of the machine while measuring.
+//!
+//! `--store sqlite,etcd` adds a fourth daemon, `emulate-etcd`: the same device emulated on an
+//! etcd store (a 3-member cluster on loopback started here with pr-store-etcd's harness, or
+//! `--etcd-endpoints`), so etcd and SQLite are compared in the same run.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -30,6 +34,18 @@ use crate::stats::median;
 pub const PASSTHROUGH: &str = "passthrough";
 pub const EMULATE: &str = "emulate";
 pub const FSYNC_EACH: &str = "emulate-fsync-each";
+pub const EMULATE_ETCD: &str = "emulate-etcd";
+
+/// A store the emulated device can be measured on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// pr-store's SQLite file in --scratch-dir (the `emulate` and `emulate-fsync-each`
+    /// daemons).
+    Sqlite,
+    /// An etcd cluster (the `emulate-etcd` daemon).
+    Etcd,
+}
 
 /// The workloads, by name and mix.
 pub const PR_IN: &str = "pr-in";
@@ -56,6 +72,19 @@ pub struct EmulateArgs {
     /// Repetitions of the sweep; the median is reported.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=20))]
     pub rounds: u32,
+    /// The stores to measure the emulated device on, side by side in the same run.
+    #[arg(
+        long = "store",
+        value_enum,
+        value_delimiter = ',',
+        default_value = "sqlite"
+    )]
+    pub stores: Vec<StoreKind>,
+    /// With --store etcd: the client URLs of an existing cluster (default: a 3-member cluster
+    /// on loopback, started for the run with Debian's etcd-server, data in a temporary
+    /// directory).
+    #[arg(long, value_delimiter = ',', value_name = "HOST:PORT,...")]
+    pub etcd_endpoints: Vec<String>,
     /// Where the loop device's image and the stores go: the stores' fsync is what durable
     /// PR OUT costs, so use the file system a real store would live on (not a tmpfs).
     #[arg(long, value_name = "DIR", default_value = "/var/tmp")]
@@ -104,6 +133,11 @@ pub struct EmulateResults {
     pub duration_s: f64,
     pub rounds: u32,
     pub program: String,
+    /// The stores measured, and the etcd cluster's endpoints when etcd was one.
+    #[serde(default)]
+    pub stores: Vec<StoreKind>,
+    #[serde(default)]
+    pub etcd_endpoints: Vec<String>,
     /// `uptime`'s load averages (1, 5, 15 min) before and after the sweep.
     pub load_before: String,
     pub load_after: String,
@@ -183,6 +217,13 @@ impl EmulateResults {
         (s > 0.0).then(|| g / s)
     }
 
+    /// etcd ÷ SQLite (group-committed) requests/s for `workload` at `clients`, same run.
+    pub fn etcd_ratio(&self, workload: &str, clients: u32) -> Option<f64> {
+        let e = self.rate(EMULATE_ETCD, workload, clients)?;
+        let s = self.rate(EMULATE, workload, clients)?;
+        (s > 0.0).then(|| e / s)
+    }
+
     /// Markdown tables and the verdicts.
     pub fn to_markdown(&self) -> String {
         let mut clients: Vec<u32> = self.summary.iter().map(|p| p.clients).collect();
@@ -204,6 +245,46 @@ impl EmulateResults {
             self.load_before,
             self.load_after
         );
+        if self.stores.contains(&StoreKind::Etcd) {
+            t.push_str(&format!(
+                "etcd store: a 3-member cluster at {} (daemon `{EMULATE_ETCD}`), next to the \
+                 SQLite store (daemon `{EMULATE}`, group-committed) in the same run.\n\n\
+                 | clients | PR IN SQLite req/s | PR IN etcd req/s | etcd ÷ SQLite | PR IN \
+                 SQLite p50 / p99 µs | PR IN etcd p50 / p99 µs | durable PR OUT SQLite req/s \
+                 | durable PR OUT etcd req/s | etcd ÷ SQLite | PR OUT SQLite p50 / p99 µs | PR \
+                 OUT etcd p50 / p99 µs |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+                self.etcd_endpoints.join(", ")
+            ));
+            let lat = |h: &str, w: &str, c: u32| {
+                self.point(h, w, c).map_or("–".into(), |p| {
+                    format!("{:.0} / {:.0}", p.p50_us, p.p99_us)
+                })
+            };
+            for &c in &clients {
+                let (sin, ein) = (
+                    self.rate(EMULATE, PR_IN, c),
+                    self.rate(EMULATE_ETCD, PR_IN, c),
+                );
+                let (sout, eout) = (
+                    self.rate(EMULATE, PR_OUT, c),
+                    self.rate(EMULATE_ETCD, PR_OUT, c),
+                );
+                t.push_str(&format!(
+                    "| {c} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+                    f(sin),
+                    f(ein),
+                    ratio(ein, sin),
+                    lat(EMULATE, PR_IN, c),
+                    lat(EMULATE_ETCD, PR_IN, c),
+                    f(sout),
+                    f(eout),
+                    ratio(eout, sout),
+                    lat(EMULATE, PR_OUT, c),
+                    lat(EMULATE_ETCD, PR_OUT, c),
+                ));
+            }
+            t.push('\n');
+        }
         t.push_str(
             "| clients | PR IN passthrough req/s | PR IN emulate req/s | emulate ÷ passthrough \
              | PR OUT passthrough req/s | durable PR OUT, one fsync each | durable PR OUT, \
@@ -291,6 +372,21 @@ fn config(device: &Path, store: &Path, max_batch: Option<usize>) -> String {
     c
 }
 
+/// The `--config` of the daemon emulating the device on etcd.
+fn etcd_config(device: &Path, endpoints: &[String]) -> String {
+    let list = endpoints
+        .iter()
+        .map(|e| format!("{e:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "[[device]]\npath = {:?}\nbackend = \"emulate\"\nlu = \"pr-bench\"\n\n[emulate.store]\n\
+         kind = \"etcd\"\nendpoints = [{list}]\nprefix = \"/pr-bench-{}/\"\nhost_id = \"pr-bench\"\n",
+        device.display().to_string(),
+        std::process::id()
+    )
+}
+
 fn run_in(
     args: &EmulateArgs,
     command_line: String,
@@ -333,9 +429,36 @@ fn run_in(
         )
         .map_err(|e| format!("cannot start {name} ({}): {e}", ours.display()))
     };
+    let sqlite = args.stores.contains(&StoreKind::Sqlite);
+    let etcd = args.stores.contains(&StoreKind::Etcd);
+    // The cluster lives until the end of the run (its members are killed, by pid, on drop).
+    let mut cluster = None;
+    let mut etcd_endpoints = args.etcd_endpoints.clone();
+    if etcd && etcd_endpoints.is_empty() {
+        let c =
+            pr_store_etcd::cluster::Cluster::start(3, pr_store_etcd::cluster::Timing::default())
+                .map_err(|e| format!("cannot start the etcd cluster: {e}"))?;
+        etcd_endpoints = c.endpoints();
+        cluster = Some(c);
+    }
+    let on_etcd = write("etcd.toml", &etcd_config(&loop_path, &etcd_endpoints))?;
     let passthrough = start(PASSTHROUGH, None)?;
-    let emulate = start(EMULATE, Some(&group))?;
-    let fsync_each = start(FSYNC_EACH, Some(&single))?;
+    let emulate = sqlite.then(|| start(EMULATE, Some(&group))).transpose()?;
+    let fsync_each = sqlite
+        .then(|| start(FSYNC_EACH, Some(&single)))
+        .transpose()?;
+    let emulate_etcd = etcd
+        .then(|| start(EMULATE_ETCD, Some(&on_etcd)))
+        .transpose()?;
+    let all: Vec<&HelperProcess> = [
+        Some(&passthrough),
+        emulate.as_ref(),
+        fsync_each.as_ref(),
+        emulate_etcd.as_ref(),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
 
     let load_cfg = |h: &HelperProcess, clients: u32, workload: &str| LoadConfig {
         socket: h.socket.clone(),
@@ -347,7 +470,7 @@ fn run_in(
         server_pid: Some(h.pid()),
         generator: args.generator.generator(),
     };
-    for h in [&passthrough, &emulate, &fsync_each] {
+    for &h in &all {
         for w in [PR_IN, PR_OUT] {
             let mut cfg = load_cfg(h, 4, w);
             cfg.stop = Stop::Count(500);
@@ -370,6 +493,12 @@ fn run_in(
         duration_s: args.duration.as_secs_f64(),
         rounds: args.rounds,
         program: ours.display().to_string(),
+        stores: args.stores.clone(),
+        etcd_endpoints: if etcd {
+            etcd_endpoints.clone()
+        } else {
+            Vec::new()
+        },
         load_before: loadavg(),
         load_after: String::new(),
         runs: Vec::new(),
@@ -379,10 +508,12 @@ fn run_in(
     for round in 0..args.rounds {
         for &clients in &args.clients {
             for workload in [PR_IN, PR_OUT] {
-                let mut order: Vec<&HelperProcess> = vec![&passthrough, &emulate];
-                if workload == PR_OUT {
-                    order.push(&fsync_each);
-                }
+                let order: Vec<&HelperProcess> = all
+                    .iter()
+                    .copied()
+                    .filter(|h| workload == PR_OUT || h.name != FSYNC_EACH)
+                    .collect();
+                let mut order = order;
                 // Rotate who goes first so slow drift does not favour one.
                 let n = order.len();
                 order.rotate_left(step % n);
@@ -410,9 +541,12 @@ fn run_in(
         }
     }
     res.load_after = loadavg();
+    drop(all);
+    drop(emulate_etcd);
     drop(fsync_each);
     drop(emulate);
     drop(passthrough);
+    drop(cluster);
     drop(device);
     res.summarise();
     // The emulated daemons must have answered GOOD to every command: anything else would be

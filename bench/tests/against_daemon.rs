@@ -134,8 +134,8 @@ fn command_line_run_reports_json() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// `pr-bench emulate` end to end (as root: it attaches a loop device): three daemons on one
-/// loop device, every point measured, every emulated reply GOOD (the run fails otherwise),
+/// `pr-bench emulate` end to end (as root: it attaches a loop device): four daemons on one
+/// loop device (the fourth on an etcd cluster on loopback), every point measured, every emulated reply GOOD (the run fails otherwise),
 /// the passthrough path's replies the loop driver's refusal, the summary and the verdicts
 /// written. No timing assertions.
 #[test]
@@ -150,6 +150,8 @@ fn emulate_sweep_measures_every_point() {
             "0.3",
             "--rounds",
             "1",
+            "--store",
+            "sqlite,etcd",
         ])
         .arg("--ours")
         .arg(daemon())
@@ -166,13 +168,15 @@ fn emulate_sweep_measures_every_point() {
     );
     let text = std::fs::read_to_string(dir.join("results/results.json")).unwrap();
     let r: pr_bench::emulate::EmulateResults = serde_json::from_str(&text).unwrap();
-    use pr_bench::emulate::{EMULATE, FSYNC_EACH, PASSTHROUGH, PR_IN, PR_OUT};
+    use pr_bench::emulate::{EMULATE, EMULATE_ETCD, FSYNC_EACH, PASSTHROUGH, PR_IN, PR_OUT};
     for (helper, workload) in [
         (PASSTHROUGH, PR_IN),
         (PASSTHROUGH, PR_OUT),
         (EMULATE, PR_IN),
         (EMULATE, PR_OUT),
         (FSYNC_EACH, PR_OUT),
+        (EMULATE_ETCD, PR_IN),
+        (EMULATE_ETCD, PR_OUT),
     ] {
         for clients in [1, 4] {
             let p = r
@@ -187,8 +191,14 @@ fn emulate_sweep_measures_every_point() {
         }
     }
     assert!(r.group_commit_gain(4).is_some());
+    assert!(r.etcd_ratio(PR_OUT, 4).is_some() && r.etcd_ratio(PR_IN, 1).is_some());
+    assert_eq!(r.etcd_endpoints.len(), 3, "{:?}", r.etcd_endpoints);
     let summary = std::fs::read_to_string(dir.join("results/summary.md")).unwrap();
     assert!(summary.contains("group-commit gain"), "{summary}");
+    assert!(
+        summary.contains("| PR IN etcd req/s | etcd ÷ SQLite |"),
+        "{summary}"
+    );
     // The scratch directory (loop image, stores, configurations) is removed.
     let left: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()

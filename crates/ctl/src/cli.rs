@@ -39,7 +39,8 @@ const STORE_AFTER_HELP: &str = "\
 These commands open the store database itself (several processes may share it), so they need no
 daemon and work while one runs: list, show and export read-only (a file you may only read will
 do), power-cycle, clear and import read-write. Only import creates a missing database; the
-other commands say it is missing.
+other commands say it is missing. With --config FILE they work on the store that pr-helper's
+or pr-target's configuration file selects, an etcd cluster shared by hosts included.
 
 Export format: {\"format\": \"pr-helper-store-export\", \"version\": 1, \"logical_units\":
 {\"<LU>\": <state>}}; import accepts exactly that, checks every state first and writes every
@@ -50,7 +51,8 @@ Examples:
   pr-ctl store show naa.6001405a1b2c3d4e
   pr-ctl store export --output backup.json
   pr-ctl store clear naa.6001405a1b2c3d4e
-  pr-ctl store import backup.json --dry-run";
+  pr-ctl store import backup.json --dry-run
+  pr-ctl store --config /etc/pr-target.toml list      # the store pr-target uses (etcd too)";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -193,10 +195,14 @@ pub enum Command {
 #[derive(Debug, Args)]
 #[command(after_help = STORE_AFTER_HELP)]
 pub struct StoreArgs {
-    /// The store database (SQLite file) of the emulated logical units.
-    #[arg(long = "store", global = true, env = "PR_HELPER_STORE",
-          default_value = DEFAULT_STORE, value_name = "PATH")]
-    pub path: PathBuf,
+    /// The store database (SQLite file) of the emulated logical units [default:
+    /// $PR_HELPER_STORE, else /var/lib/pr-helper/reservations.db].
+    #[arg(long = "store", global = true, value_name = "PATH")]
+    pub path: Option<PathBuf>,
+    /// The store a configuration file selects instead: pr-helper's --config file (its
+    /// [emulate] store) or pr-target's (its store), a SQLite file or an etcd cluster.
+    #[arg(long = "config", global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// Shadows the global --socket, which means nothing here (the store commands open the
     /// database, not a helper): hidden from the store commands' help, refused when given.
     #[arg(short = 's', long = "socket", hide = true, value_name = "PATH",

@@ -1,17 +1,21 @@
 //! `pr-ctl store …`: the persistent-reservation state of emulated logical units, administered
-//! in the store database itself (no daemon): list, show, power-cycle, clear, export, import.
+//! in the store itself (no daemon): list, show, power-cycle, clear, export, import. The store
+//! is a SQLite database (`--store PATH`) or whatever a pr-helper or pr-target configuration
+//! file selects (`--config FILE`: a SQLite file or an etcd cluster, pr-store-config).
 
 use std::collections::BTreeMap;
 use std::error::Error as _;
 use std::io::Read as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use pr_engine::LogicalUnit;
-use pr_store::{LuId, SqliteStore, Store, StoreError};
+use pr_store::{LuId, SqliteOptions, SqliteStore, Store, StoreError};
+use pr_store_config::{StoreSelection, StoreSetting};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::cli::{StoreArgs, StoreCommand};
+use crate::cli::{StoreArgs, StoreCommand, DEFAULT_STORE};
 use crate::render::{exit, plural, render_state, state_summary, summary_json};
 use crate::{Failure, Outcome};
 
@@ -88,27 +92,114 @@ pub fn parse_export(text: &str) -> Result<Export, String> {
 
 /// Runs one `pr-ctl store` command.
 pub fn run(args: &StoreArgs, json: bool) -> Result<Outcome, Failure> {
-    let path = args.path.as_path();
-    // Reads open the database read-only: a file the user may read but not write can be
+    let place = place(args)?;
+    // Reads open a SQLite database read-only: a file the user may read but not write can be
     // listed, shown and exported, and nothing is written to it.
     match &args.command {
-        StoreCommand::List => list(&open_existing(path, Access::Read)?, json),
+        StoreCommand::List => list(&open_existing(&place, Access::Read)?, json),
         StoreCommand::Show { lu } => {
-            let state = load_existing(&open_existing(path, Access::Read)?, lu)?;
+            let state = load_existing(&open_existing(&place, Access::Read)?, lu)?;
             let r = render_state(lu, &state);
             Ok(print(json, r.human, r.json))
         }
         StoreCommand::PowerCycle { lu } => {
-            power_cycle(&open_existing(path, Access::Write)?, lu, json)
+            power_cycle(&open_existing(&place, Access::Write)?, lu, json)
         }
-        StoreCommand::Clear { lu } => clear(&open_existing(path, Access::Write)?, lu, json),
+        StoreCommand::Clear { lu } => clear(&open_existing(&place, Access::Write)?, lu, json),
         StoreCommand::Export { lus, output } => export(
-            &open_existing(path, Access::Read)?,
+            &open_existing(&place, Access::Read)?,
             lus,
             output.as_deref(),
             json,
         ),
-        StoreCommand::Import { file, dry_run } => import(path, file, *dry_run, json),
+        StoreCommand::Import { file, dry_run } => import(&place, file, *dry_run, json),
+    }
+}
+
+/// Where the store is: a SQLite file, or another store a configuration file selects.
+#[derive(Debug)]
+enum Place {
+    Sqlite(PathBuf),
+    Selected(StoreSelection),
+}
+
+/// The store the options name: `--config FILE`, else `--store PATH`, else `PR_HELPER_STORE`,
+/// else the default database.
+fn place(args: &StoreArgs) -> Result<Place, Failure> {
+    let Some(config) = &args.config else {
+        let path = args
+            .path
+            .clone()
+            .or_else(|| std::env::var_os("PR_HELPER_STORE").map(PathBuf::from))
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_STORE));
+        return Ok(Place::Sqlite(path));
+    };
+    if let Some(p) = &args.path {
+        return Err(Failure::new(
+            exit::USAGE,
+            format!(
+                "--store {} and --config {} both name a store; give one",
+                p.display(),
+                config.display()
+            ),
+        ));
+    }
+    let name = config.display();
+    let text =
+        std::fs::read_to_string(config).map_err(|e| failure(format!("cannot read {name}: {e}")))?;
+    let value: toml::Table = toml::from_str(&text)
+        .map_err(|e| failure(format!("{name}: {}", e.to_string().trim_end())))?;
+    // pr-helper's file has it in [emulate], pr-target's at the top.
+    let (setting, key) = match value.get("emulate").and_then(|e| e.get("store")) {
+        Some(s) => (Some(s), "[emulate] store"),
+        None => (value.get("store"), "store"),
+    };
+    let Some(setting) = setting else {
+        return Err(failure(format!(
+            "{name} selects no store: expected store = … in its [emulate] table (pr-helper's \
+             --config) or at the top (pr-target's --config)"
+        )));
+    };
+    let setting = StoreSetting::deserialize(setting.clone())
+        .map_err(|e| failure(format!("{name}: {key}: {e}")))?;
+    let selection = setting
+        .resolve("store", DEFAULT_STORE)
+        .map_err(|e| failure(format!("{name}: {e}")))?;
+    Ok(match selection {
+        StoreSelection::Sqlite { path } => Place::Sqlite(path),
+        other => Place::Selected(other),
+    })
+}
+
+/// An open store and how messages name it.
+struct Opened {
+    store: Arc<dyn Store>,
+    /// "the store database PATH", "the store etcd [...] prefix P".
+    what: String,
+    /// "PATH", "etcd [...] prefix P".
+    short: String,
+}
+
+impl Opened {
+    fn sqlite(store: SqliteStore) -> Opened {
+        let short = store.path().display().to_string();
+        Opened {
+            what: format!("the store database {short}"),
+            short,
+            store: Arc::new(store),
+        }
+    }
+
+    fn selected(selection: &StoreSelection) -> Result<Opened, Failure> {
+        let store = selection
+            .open(SqliteOptions::default())
+            .map_err(store_failure)?
+            .store();
+        Ok(Opened {
+            store,
+            what: format!("the store {selection}"),
+            short: selection.to_string(),
+        })
     }
 }
 
@@ -142,13 +233,19 @@ enum Access {
     Write,
 }
 
-/// Opens the store at `path`, which must exist: only import creates a store.
-fn open_existing(path: &Path, access: Access) -> Result<SqliteStore, Failure> {
+/// Opens the store, which must exist (a SQLite database: only import creates one).
+fn open_existing(place: &Place, access: Access) -> Result<Opened, Failure> {
+    let path = match place {
+        Place::Sqlite(p) => p,
+        Place::Selected(s) => return Opened::selected(s),
+    };
     match path.try_exists() {
-        Ok(true) if access == Access::Read => {
-            SqliteStore::open_read_only(path).map_err(store_failure)
-        }
-        Ok(true) => SqliteStore::open(path).map_err(store_failure),
+        Ok(true) if access == Access::Read => SqliteStore::open_read_only(path)
+            .map(Opened::sqlite)
+            .map_err(store_failure),
+        Ok(true) => SqliteStore::open(path)
+            .map(Opened::sqlite)
+            .map_err(store_failure),
         Ok(false) => Err(failure(format!(
             "the store database {} does not exist; name another with --store or \
              PR_HELPER_STORE (only pr-ctl store import creates one)",
@@ -161,18 +258,17 @@ fn open_existing(path: &Path, access: Access) -> Result<SqliteStore, Failure> {
     }
 }
 
-fn load_existing(store: &SqliteStore, lu: &LuId) -> Result<LogicalUnit, Failure> {
-    store.load(lu).map_err(store_failure)?.ok_or_else(|| {
+fn load_existing(store: &Opened, lu: &LuId) -> Result<LogicalUnit, Failure> {
+    store.store.load(lu).map_err(store_failure)?.ok_or_else(|| {
         failure(format!(
-            "the store database {} has no logical unit {lu} (pr-ctl store list shows those \
-             it has)",
-            store.path().display()
+            "{} has no logical unit {lu} (pr-ctl store list shows those it has)",
+            store.what
         ))
     })
 }
 
 /// Every logical unit with its state (skipping one cleared since it was listed).
-fn load_all(store: &SqliteStore) -> Result<Vec<(LuId, LogicalUnit)>, Failure> {
+fn load_all(store: &dyn Store) -> Result<Vec<(LuId, LogicalUnit)>, Failure> {
     let mut all = Vec::new();
     for lu in store.list().map_err(store_failure)? {
         if let Some(state) = store.load(&lu).map_err(store_failure)? {
@@ -182,11 +278,11 @@ fn load_all(store: &SqliteStore) -> Result<Vec<(LuId, LogicalUnit)>, Failure> {
     Ok(all)
 }
 
-fn list(store: &SqliteStore, json: bool) -> Result<Outcome, Failure> {
-    let all = load_all(store)?;
+fn list(store: &Opened, json: bool) -> Result<Outcome, Failure> {
+    let all = load_all(&*store.store)?;
     let width = all.iter().map(|(lu, _)| lu.as_str().len()).max();
     let human = match width {
-        None => format!("no logical units in {}\n", store.path().display()),
+        None => format!("no logical units in {}\n", store.short),
         Some(w) => all
             .iter()
             .map(|(lu, s)| format!("{:<w$}  {}\n", lu.as_str(), state_summary(s)))
@@ -200,7 +296,7 @@ fn list(store: &SqliteStore, json: bool) -> Result<Outcome, Failure> {
             e
         })
         .collect();
-    let value = json!({"store": store.path().display().to_string(), "logical_units": entries});
+    let value = json!({"store": store.short, "logical_units": entries});
     Ok(print(json, human, value))
 }
 
@@ -239,10 +335,14 @@ fn change_json(lu: &LuId, operation: &str, before: &LogicalUnit, after: &Logical
     })
 }
 
-fn power_cycle(store: &SqliteStore, lu: &LuId, json: bool) -> Result<Outcome, Failure> {
+fn power_cycle(store: &Opened, lu: &LuId, json: bool) -> Result<Outcome, Failure> {
     let before = load_existing(store, lu)?;
-    store.power_loss(lu).map_err(store_failure)?;
-    let after = store.load(lu).map_err(store_failure)?.unwrap_or_default();
+    store.store.power_loss(lu).map_err(store_failure)?;
+    let after = store
+        .store
+        .load(lu)
+        .map_err(store_failure)?
+        .unwrap_or_default();
     let human = format!(
         "{lu}: power cycled with APTPL {} (PTPL_A={}): dropped {}; PR generation {:#x} -> {:#x}\n",
         if before.ptpl_active { "on" } else { "off" },
@@ -258,9 +358,9 @@ fn power_cycle(store: &SqliteStore, lu: &LuId, json: bool) -> Result<Outcome, Fa
     ))
 }
 
-fn clear(store: &SqliteStore, lu: &LuId, json: bool) -> Result<Outcome, Failure> {
+fn clear(store: &Opened, lu: &LuId, json: bool) -> Result<Outcome, Failure> {
     let before = load_existing(store, lu)?;
-    store.clear(lu).map_err(store_failure)?;
+    store.store.clear(lu).map_err(store_failure)?;
     let after = LogicalUnit::default();
     let human = format!(
         "{lu}: cleared: removed {}; PR generation was {:#x}\n",
@@ -275,13 +375,13 @@ fn clear(store: &SqliteStore, lu: &LuId, json: bool) -> Result<Outcome, Failure>
 }
 
 fn export(
-    store: &SqliteStore,
+    store: &Opened,
     lus: &[LuId],
     output: Option<&Path>,
     json: bool,
 ) -> Result<Outcome, Failure> {
     let logical_units: BTreeMap<LuId, LogicalUnit> = if lus.is_empty() {
-        load_all(store)?.into_iter().collect()
+        load_all(&*store.store)?.into_iter().collect()
     } else {
         lus.iter()
             .map(|lu| Ok((lu.clone(), load_existing(store, lu)?)))
@@ -329,7 +429,7 @@ fn read_input(file: &Path) -> Result<String, Failure> {
     Ok(text)
 }
 
-fn import(path: &Path, file: &Path, dry_run: bool, json: bool) -> Result<Outcome, Failure> {
+fn import(place: &Place, file: &Path, dry_run: bool, json: bool) -> Result<Outcome, Failure> {
     let name = file.display();
     let doc = parse_export(&read_input(file)?).map_err(|e| failure(format!("{name}: {e}")))?;
     // Every state is checked before any is written: all or nothing.
@@ -347,10 +447,19 @@ fn import(path: &Path, file: &Path, dry_run: bool, json: bool) -> Result<Outcome
         )));
     }
     // A dry run opens only a store that exists (and writes nothing to it).
-    let store = if dry_run && !path.try_exists().unwrap_or(false) {
-        None
-    } else {
-        Some(SqliteStore::open(path).map_err(store_failure)?)
+    let (store, store_name): (Option<Arc<dyn Store>>, String) = match place {
+        Place::Sqlite(path) => (
+            if dry_run && !path.try_exists().unwrap_or(false) {
+                None
+            } else {
+                Some(Arc::new(SqliteStore::open(path).map_err(store_failure)?))
+            },
+            path.display().to_string(),
+        ),
+        Place::Selected(s) => {
+            let o = Opened::selected(s)?;
+            (Some(o.store), o.short)
+        }
     };
     let mut human = String::new();
     let mut entries = Vec::new();
@@ -396,7 +505,7 @@ fn import(path: &Path, file: &Path, dry_run: bool, json: bool) -> Result<Outcome
         human.push_str("dry run: nothing was written\n");
     }
     let value = json!({
-        "store": path.display().to_string(),
+        "store": store_name,
         "dry_run": dry_run,
         "logical_units": entries,
     });

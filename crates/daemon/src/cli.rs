@@ -24,7 +24,21 @@ Under systemd it accepts one socket-activated listener (LISTEN_FDS=1) and report
 
 Examples:
   pr-helper -k /run/pr-helper.sock -u nobody -g nogroup -v
-  pr-helper -d -f /run/pr-helper.pid -k /run/pr-helper.sock";
+  pr-helper -d -f /run/pr-helper.pid -k /run/pr-helper.sock
+  pr-helper -k /run/pr-helper.sock -u nobody -g nogroup --config /etc/pr-helper.toml
+
+with /etc/pr-helper.toml emulating a disk on an etcd cluster shared by hosts
+(docs/backends.md, docs/multi-host.md):
+  [[device]]
+  path = \"/dev/disk/by-id/wwn-0x6001405a1b2c3d4e5f60718293a4b5c6\"
+  backend = \"emulate\"
+  [emulate]
+  initiator = \"iqn.2026-01.com.example:hv1-vm1\"
+  [emulate.store]
+  kind = \"etcd\"
+  endpoints = [\"10.0.0.1:2379\", \"10.0.0.2:2379\", \"10.0.0.3:2379\"]
+  host_id = \"hv1\"
+  command_timeout_ms = 5000";
 
 /// Persistent Reservation helper program for QEMU.
 ///
@@ -84,10 +98,11 @@ pub struct Cli {
     pub io_timeout: u32,
 
     /// Device configuration (TOML): the backend per device (SG_IO passthrough, the block-layer
-    /// PR ioctls, or reservations emulated in software on a SQLite store), for devices it does
-    /// not name, and whether dm-multipath maps go through libmpathpersist. Without it: SG_IO,
-    /// the block-layer ioctls for NVMe namespaces, and libmpathpersist for multipath maps when
-    /// device-mapper and multipath-tools are present. Format in docs/backends.md.
+    /// PR ioctls, or reservations emulated in software on a store: a SQLite file of this host,
+    /// or an etcd cluster shared by hosts), for devices it does not name, and whether
+    /// dm-multipath maps go through libmpathpersist. Without it: SG_IO, the block-layer ioctls
+    /// for NVMe namespaces, and libmpathpersist for multipath maps when device-mapper and
+    /// multipath-tools are present. Format in docs/backends.md; an example below.
     #[arg(long = "config", value_name = "FILE")]
     pub config: Option<PathBuf>,
 
@@ -278,6 +293,26 @@ impl TryFrom<Cli> for Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The configuration shown in --help is accepted (its device path, which exists on no test
+    /// machine, replaced by a device number and a name).
+    #[test]
+    fn the_example_configuration_in_help_is_valid() {
+        let (_, example) = AFTER_HELP
+            .split_once("(docs/backends.md, docs/multi-host.md):\n")
+            .unwrap();
+        let text: String = example
+            .lines()
+            .map(|l| match l.trim() {
+                l if l.starts_with("path = ") => "dev = \"7:0\"\nlu = \"disk0\"\n".to_string(),
+                l => format!("{l}\n"),
+            })
+            .collect();
+        let c = crate::devices::DeviceConfig::parse(&text, std::path::Path::new("/etc/x.toml"))
+            .unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert!(c.emulate.store.is_networked());
+        assert!(c.configures_emulate());
+    }
 
     /// The man page is generated from this definition; the committed copy must match.
     /// `PR_UPDATE_MAN=1 cargo test -p pr-helper man_page` rewrites it.

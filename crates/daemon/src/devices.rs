@@ -29,7 +29,9 @@
 //! backend = "emulate"                          # identifier (found at start-up)
 //!
 //! [emulate]
-//! store = "/var/lib/pr-helper/reservations.db"   # the default
+//! store = "/var/lib/pr-helper/reservations.db"   # the default: a SQLite file of this host
+//! # or an etcd cluster shared by hosts (pr-store-config: endpoints, TLS files, prefix, timeouts):
+//! # store = { kind = "etcd", endpoints = ["10.0.0.1:2379", "10.0.0.2:2379", "10.0.0.3:2379"] }
 //! initiator = "iqn.2026-01.com.example:node1"    # default: derived from the socket path; also
 //!                                                # "name,i,0x<ISID>", "sas:0x<16 hex>", "fc:0x<16 hex>"
 //! relative_target_port = 1                       # the default
@@ -60,6 +62,7 @@ use pr_engine::Nexus;
 use pr_scsi::transport_id::TransportId;
 use pr_scsi::RelativeTargetPort;
 use pr_store::LuId;
+use pr_store_config::{StoreSelection, StoreSetting};
 use pr_sys::device::{DevNum, SCSI_GENERIC_MAJOR};
 use serde::Deserialize;
 
@@ -130,7 +133,7 @@ struct SocketFormat {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct EmulateFormat {
-    store: Option<PathBuf>,
+    store: Option<StoreSetting>,
     initiator: Option<String>,
     relative_target_port: Option<i64>,
     max_registrations: Option<i64>,
@@ -201,8 +204,8 @@ pub const MAX_REGISTRATIONS: usize = 1023;
 /// The `[emulate]` table, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EmulateSettings {
-    /// The SQLite database file (absolute).
-    pub store: PathBuf,
+    /// The store: a SQLite database file (absolute) or an etcd cluster.
+    pub store: StoreSelection,
     /// The initiator, when configured; else derived from the socket path.
     pub initiator: Option<TransportId>,
     /// The target port, when configured; else 1.
@@ -219,7 +222,9 @@ pub const MAX_BATCH: usize = 4096;
 impl Default for EmulateSettings {
     fn default() -> Self {
         EmulateSettings {
-            store: PathBuf::from(DEFAULT_STORE),
+            store: StoreSelection::Sqlite {
+                path: PathBuf::from(DEFAULT_STORE),
+            },
             initiator: None,
             relative_target_port: None,
             max_registrations: pr_engine::EngineConfig::default().max_registrations,
@@ -757,13 +762,9 @@ impl EmulateSettings {
             message,
         };
         if let Some(store) = t.store {
-            if !store.is_absolute() {
-                return Err(err(format!(
-                    "store = \"{}\" must be an absolute path, e.g. \"{DEFAULT_STORE}\"",
-                    store.display()
-                )));
-            }
-            s.store = store;
+            s.store = store
+                .resolve("store", DEFAULT_STORE)
+                .map_err(|e| err(e.to_string()))?;
         }
         if let Some(i) = t.initiator {
             s.initiator = Some(identity::parse_initiator(&i).map_err(|e| err(e.to_string()))?);
@@ -896,7 +897,7 @@ mod tests {
             c.emulated_units(),
             HashMap::from([(DevNum { major: 7, minor: 0 }, LuId::new("disk-1").unwrap())])
         );
-        assert_eq!(c.emulate.store, Path::new("/srv/pr.db"));
+        assert_eq!(c.emulate.store.sqlite_path(), Some(Path::new("/srv/pr.db")));
         assert_eq!(
             c.emulate.initiator,
             Some(TransportId::Iscsi {
@@ -907,11 +908,27 @@ mod tests {
         assert_eq!(c.emulate.relative_target_port, Some(RelativeTargetPort(2)));
         assert_eq!(c.emulate.max_registrations, 16);
         assert_eq!(c.emulate.max_batch, 256);
+        let etcd = parse(
+            "[emulate]\nstore = { kind = \"etcd\", endpoints = [\"10.0.0.1:2379\"], \
+             host_id = \"hv1\", command_timeout_ms = 3000 }\n",
+        )
+        .unwrap();
+        match &etcd.emulate.store {
+            StoreSelection::Etcd { config, tls: None } => {
+                assert_eq!(config.endpoints, ["http://10.0.0.1:2379"]);
+                assert_eq!(config.host_id.as_deref(), Some("hv1"));
+                assert_eq!(config.command_timeout, std::time::Duration::from_secs(3));
+            }
+            other => panic!("not etcd: {other:?}"),
+        }
         let c = parse("[emulate]\nmax_batch = 1\n").unwrap();
         assert_eq!(c.emulate.max_batch, 1);
         let d = parse("").unwrap();
         assert!(!d.configures_emulate());
-        assert_eq!(d.emulate.store, Path::new(DEFAULT_STORE));
+        assert_eq!(
+            d.emulate.store.sqlite_path(),
+            Some(Path::new(DEFAULT_STORE))
+        );
         assert_eq!(d.emulate.initiator, None);
         // The TransportIDs the lab gives its daemons: LIO's tcm_loop SAS addresses and iSCSI
         // initiator ports with their ISID.
@@ -1093,6 +1110,12 @@ mod tests {
         assert!(
             e.contains("[emulate]: store = \"pr.db\" must be an absolute path"),
             "{e}"
+        );
+        let e = parse("[emulate.store]\nkind = \"etcd\"\nendpoints = [\"10.0.0.1\"]").unwrap_err();
+        assert_eq!(
+            e,
+            "/etc/pr-helper.toml: [emulate]: store.endpoints[0] = \"10.0.0.1\": expected \
+             HOST:PORT or http://HOST:PORT, e.g. \"10.0.0.1:2379\" or \"http://[fd00::1]:2379\""
         );
         let e = parse("[emulate]\nrelative_target_port = 0").unwrap_err();
         assert!(

@@ -10,7 +10,8 @@ use std::thread::JoinHandle;
 use pr_backend::emulate::{identity, EmulateBackend};
 use pr_backend::Backend;
 use pr_engine::{EngineConfig, Nexus};
-use pr_store::{SqliteOptions, SqliteStore, Store, StoreError};
+use pr_store::{SqliteOptions, Store, StoreError};
+use pr_store_config::StoreSelection;
 
 use crate::cli::SeccompMode;
 use crate::devices::DeviceConfig;
@@ -84,7 +85,12 @@ pub fn prepare_directory(
     if !devices.configures_emulate() {
         return Ok(());
     }
-    let Some(dir) = devices.emulate.store.parent() else {
+    let Some(dir) = devices
+        .emulate
+        .store
+        .sqlite_path()
+        .and_then(std::path::Path::parent)
+    else {
         return Ok(());
     };
     if dir.exists() {
@@ -168,7 +174,7 @@ impl Emulation {
             "emulate: {} logical unit(s) on the store {}, as initiator {} on relative target \
              port {}; {FENCING_WARNING}",
             devices.emulated_units().len(),
-            settings.store.display(),
+            settings.store,
             backend.nexus().initiator,
             backend.nexus().relative_target_port.0,
         );
@@ -210,21 +216,22 @@ const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 /// Starts the `pr-store` thread: it installs the store filter, opens the store, hands it over
 /// and keeps a reference until [`Emulation::close`], so that the store is closed there.
 fn open_on_store_thread(
-    path: PathBuf,
+    selection: StoreSelection,
     options: SqliteOptions,
     seccomp: SeccompMode,
 ) -> Result<(Arc<dyn Store>, StoreThread), EmulateError> {
-    let (opened, store) = mpsc::sync_channel::<Result<Arc<SqliteStore>, EmulateError>>(1);
+    let (opened, store) = mpsc::sync_channel::<Result<Arc<dyn Store>, EmulateError>>(1);
     let (done, wait_done) = mpsc::channel::<()>();
     let handle = std::thread::Builder::new()
         .name("pr-store".into())
         .spawn(move || {
-            if let Err(e) = crate::seccomp::install_store_thread(seccomp) {
+            if let Err(e) = crate::seccomp::install_store_thread(seccomp, selection.is_networked())
+            {
                 let _ = opened.send(Err(EmulateError::Seccomp(e.to_string())));
                 return;
             }
-            let store = match SqliteStore::open_with(&path, options) {
-                Ok(s) => Arc::new(s),
+            let store = match selection.open(options) {
+                Ok(s) => s.store(),
                 Err(e) => {
                     let _ = opened.send(Err(e.into()));
                     return;
@@ -243,12 +250,11 @@ fn open_on_store_thread(
             while Arc::strong_count(&store) > 1 && std::time::Instant::now() < deadline {
                 std::thread::sleep(std::time::Duration::from_millis(10));
             }
-            match Arc::try_unwrap(store) {
-                Ok(store) => drop(store),
-                Err(store) => {
-                    tracing::warn!("a command still holds the store at exit; not closing it");
-                    std::mem::forget(store);
-                }
+            if Arc::strong_count(&store) == 1 {
+                drop(store);
+            } else {
+                tracing::warn!("a command still holds the store at exit; not closing it");
+                std::mem::forget(store);
             }
         })
         .map_err(EmulateError::Thread)?;

@@ -15,7 +15,9 @@
 //! once, from that thread, so the writer inherits the store list; the main thread installs the
 //! server's list afterwards without TSYNC, so neither store thread gets it, and no other thread
 //! gets theirs. The store thread then waits for the end of the daemon and drops the store last
-//! (closing SQLite checkpoints the WAL), under its own list.
+//! (closing SQLite checkpoints the WAL), under its own list. With an etcd store the store
+//! thread's list is the server's plus the etcd client's network calls ([`etcd_extra`]), and the
+//! client's runtime threads, started by `EtcdStore::open` on that thread, inherit it.
 //! With emulated devices the server's list also has pread64: the store answers PR IN on the
 //! serving thread from its reader connection (see [`store_reader_extra`]).
 //!
@@ -229,6 +231,29 @@ fn store_extra() -> Vec<i64> {
     ]
 }
 
+/// What the etcd store needs beyond the server's list, for the store thread and the etcd
+/// client's runtime threads, which it starts and which inherit the list. Found by running the
+/// daemon with an etcd store under `strace -f` (open, PR IN and OUT, the cluster killed and
+/// back, an endpoint given by a host name found in /etc/hosts and one that only DNS can
+/// answer, a clean exit):
+/// - setsockopt: TCP_NODELAY and keep-alive on the gRPC connections;
+/// - sendmmsg, ppoll (poll on x86_64, in the server's list), lseek, uname: the C library's
+///   resolver, when an endpoint is a host name (it also opens /etc/hosts and /etc/resolv.conf,
+///   which this thread may, and asks FIONREAD: see [`etcd_program`]).
+///
+/// Everything else the gRPC client does (socket, connect, epoll, eventfd, futex, read/write,
+/// writev, sendto/recvfrom, getrandom) is in the server's list already. The TLS files were
+/// read with the configuration, as root; nothing here writes a file.
+fn etcd_extra() -> Vec<i64> {
+    vec![
+        libc::SYS_setsockopt,
+        libc::SYS_sendmmsg,
+        libc::SYS_ppoll,
+        libc::SYS_lseek,
+        libc::SYS_uname,
+    ]
+}
+
 /// A dedicated thread's filter: the server's list and the `extra` calls that thread needs
 /// (the multipath thread's files and ioctls, the store thread's SQLite file calls).
 fn thread_program(mode: SeccompMode, extra: Vec<i64>) -> Result<BpfProgram, SeccompError> {
@@ -255,9 +280,47 @@ fn install_thread(mode: SeccompMode, extra: Vec<i64>) -> Result<(), SeccompError
     seccompiler::apply_filter(&prog).map_err(|e| SeccompError(e.to_string()))
 }
 
-/// Installs the store thread's filter on the calling thread (before it opens the store).
-pub fn install_store_thread(mode: SeccompMode) -> Result<(), SeccompError> {
-    install_thread(mode, store_extra())
+/// The etcd store thread's filter: the server's list, [`etcd_extra`], and ioctl with FIONREAD
+/// only (the C library's DNS resolver asks how many bytes an answer has).
+fn etcd_program(mode: SeccompMode) -> Result<BpfProgram, SeccompError> {
+    let err = |e: &dyn std::fmt::Display| SeccompError(e.to_string());
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = allowed()
+        .into_iter()
+        .chain(etcd_extra())
+        .map(|s| (s, vec![]))
+        .collect();
+    // FIONREAD's type in libc differs by architecture (c_ulong on x86_64, c_int elsewhere).
+    #[allow(clippy::unnecessary_cast)]
+    let fionread = SeccompCondition::new(
+        1,
+        SeccompCmpArgLen::Dword,
+        SeccompCmpOp::Eq,
+        libc::FIONREAD as u64,
+    )
+    .map_err(|e| err(&e))?;
+    rules.insert(
+        libc::SYS_ioctl,
+        vec![SeccompRule::new(vec![fionread]).map_err(|e| err(&e))?],
+    );
+    let arch = std::env::consts::ARCH.try_into().map_err(|e| err(&e))?;
+    let filter = SeccompFilter::new(rules, mismatch_action(mode), SeccompAction::Allow, arch)
+        .map_err(|e| err(&e))?;
+    filter
+        .try_into()
+        .map_err(|e: seccompiler::BackendError| err(&e))
+}
+
+/// Installs the store thread's filter on the calling thread (before it opens the store):
+/// SQLite's file calls, or the etcd client's network calls when the store is `networked`.
+pub fn install_store_thread(mode: SeccompMode, networked: bool) -> Result<(), SeccompError> {
+    if !networked {
+        return install_thread(mode, store_extra());
+    }
+    if mode == SeccompMode::None {
+        return Ok(());
+    }
+    let prog = etcd_program(mode)?;
+    seccompiler::apply_filter(&prog).map_err(|e| SeccompError(e.to_string()))
 }
 
 fn mismatch_action(mode: SeccompMode) -> SeccompAction {
@@ -367,5 +430,6 @@ mod tests {
         assert!(!thread_program(SeccompMode::Kill, store_extra())
             .unwrap()
             .is_empty());
+        assert!(!etcd_program(SeccompMode::Kill).unwrap().is_empty());
     }
 }

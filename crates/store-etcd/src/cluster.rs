@@ -27,6 +27,23 @@ impl Default for Timing {
     }
 }
 
+/// The server side of TLS for a test cluster (PEM files): each member then also serves
+/// `https://IP:2381` with this certificate and requires client certificates signed by `ca`
+/// there, while `http://IP:2379` stays for the harness's own health checks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerTls {
+    /// The members' certificate (every member uses it: give it a DNS name as subject
+    /// alternative name, for the clients' `server_name`).
+    pub cert: PathBuf,
+    /// Its private key.
+    pub key: PathBuf,
+    /// The CA that client certificates must be signed by.
+    pub ca: PathBuf,
+}
+
+/// The port of the TLS client URL of a member started with [`ServerTls`].
+pub const TLS_CLIENT_PORT: u16 = 2381;
+
 /// One member.
 #[derive(Debug)]
 pub struct Member {
@@ -43,6 +60,10 @@ impl Member {
     /// Its client URL.
     pub fn client_url(&self) -> String {
         format!("http://{}:2379", self.ip)
+    }
+    /// Its TLS client URL (members started with [`ServerTls`]).
+    pub fn tls_client_url(&self) -> String {
+        format!("https://{}:{TLS_CLIENT_PORT}", self.ip)
     }
     /// Its client address.
     pub fn client_addr(&self) -> SocketAddr {
@@ -64,6 +85,7 @@ pub struct Cluster {
     pub members: Vec<Member>,
     timing: Timing,
     token: String,
+    tls: Option<ServerTls>,
     _dir: tempfile::TempDir,
 }
 
@@ -93,7 +115,7 @@ fn free_ip(taken: &[Ipv4Addr]) -> Result<Ipv4Addr, String> {
         if taken.contains(&ip) {
             continue;
         }
-        let free = [2379u16, 2380]
+        let free = [2379u16, 2380, TLS_CLIENT_PORT]
             .iter()
             .all(|&p| TcpListener::bind((ip, p)).is_ok());
         if free {
@@ -107,6 +129,15 @@ impl Cluster {
     /// Starts `n` members with `timing` and waits (at most 30 s) until every one reports
     /// healthy.
     pub fn start(n: usize, timing: Timing) -> Result<Cluster, String> {
+        Cluster::start_with(n, timing, None)
+    }
+
+    /// [`Cluster::start`], the members also serving TLS clients (see [`ServerTls`]).
+    pub fn start_tls(n: usize, timing: Timing, tls: ServerTls) -> Result<Cluster, String> {
+        Cluster::start_with(n, timing, Some(tls))
+    }
+
+    fn start_with(n: usize, timing: Timing, tls: Option<ServerTls>) -> Result<Cluster, String> {
         let dir = tempfile::Builder::new()
             .prefix("pr-etcd-")
             .tempdir()
@@ -130,6 +161,7 @@ impl Cluster {
             members,
             timing,
             token: format!("pr-test-{}-{}", std::process::id(), ips[0]),
+            tls,
             _dir: dir,
         };
         for i in 0..n {
@@ -152,6 +184,20 @@ impl Cluster {
             .collect::<Vec<_>>()
             .join(",");
         let m = &self.members[i];
+        let mut client_urls = m.client_url();
+        let mut tls_args: Vec<std::ffi::OsString> = Vec::new();
+        if let Some(t) = &self.tls {
+            client_urls = format!("{client_urls},{}", m.tls_client_url());
+            for (flag, file) in [
+                ("--cert-file", &t.cert),
+                ("--key-file", &t.key),
+                ("--trusted-ca-file", &t.ca),
+            ] {
+                tls_args.push(flag.into());
+                tls_args.push(file.into());
+            }
+            tls_args.push("--client-cert-auth".into());
+        }
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -163,9 +209,10 @@ impl Cluster {
             .arg("--data-dir")
             .arg(&m.data_dir)
             .arg("--listen-client-urls")
-            .arg(m.client_url())
+            .arg(&client_urls)
             .arg("--advertise-client-urls")
-            .arg(m.client_url())
+            .arg(&client_urls)
+            .args(&tls_args)
             .arg("--listen-peer-urls")
             .arg(m.peer_url())
             .arg("--initial-advertise-peer-urls")

@@ -24,6 +24,49 @@ pub struct TlsFiles {
     pub domain: Option<String>,
 }
 
+/// The contents of the TLS files, read once (for example as root, before a daemon drops its
+/// privileges) and handed to [`crate::EtcdStore::open_with_tls`].
+#[derive(Clone, PartialEq, Eq)]
+pub struct TlsPem {
+    /// The CA certificate(s), PEM.
+    pub ca: Vec<u8>,
+    /// The client certificate and its private key, PEM, when the cluster checks clients.
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+    /// The name the servers' certificates are checked against, when not the endpoint's host.
+    pub domain: Option<String>,
+}
+
+impl std::fmt::Debug for TlsPem {
+    /// Sizes only: the private key never reaches a log.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsPem")
+            .field("ca_bytes", &self.ca.len())
+            .field("identity", &self.identity.is_some())
+            .field("domain", &self.domain)
+            .finish()
+    }
+}
+
+impl TlsFiles {
+    /// Reads the files; an unreadable one is [`StoreError::Config`] naming it.
+    pub fn read(&self) -> Result<TlsPem, StoreError> {
+        let read = |what: &str, p: &std::path::Path| {
+            std::fs::read(p).map_err(|e| StoreError::Config {
+                detail: format!("etcd tls {what} {}: {e}", p.display()),
+            })
+        };
+        let identity = match (&self.cert, &self.key) {
+            (Some(c), Some(k)) => Some((read("cert", c)?, read("key", k)?)),
+            _ => None,
+        };
+        Ok(TlsPem {
+            ca: read("ca", &self.ca)?,
+            identity,
+            domain: self.domain.clone(),
+        })
+    }
+}
+
 /// Configuration of an [`crate::EtcdStore`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

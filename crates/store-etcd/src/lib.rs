@@ -26,6 +26,6 @@ mod record;
 mod store;
 pub mod workload;
 
-pub use config::{EtcdConfig, TlsFiles, MAX_ENDPOINTS, MAX_PREFIX_LEN};
+pub use config::{EtcdConfig, TlsFiles, TlsPem, MAX_ENDPOINTS, MAX_PREFIX_LEN};
 pub use record::{ClientEntry, RecordedOutcome, Stored, FORMAT, MAX_CLIENTS};
-pub use store::{EtcdStatistics, EtcdStore, MAX_VALUE_LEN};
+pub use store::{EtcdStatistics, EtcdStore, MAX_IMPORT, MAX_VALUE_LEN};

@@ -13,7 +13,7 @@ use etcd_client::{
 use pr_engine::{EngineConfig, LogicalUnit, Nexus, Outcome};
 use pr_store::{LuId, Store, StoreError};
 
-use crate::config::EtcdConfig;
+use crate::config::{EtcdConfig, TlsFiles, TlsPem};
 use crate::record::{Stored, FORMAT};
 
 /// Most bytes accepted in one stored value (etcd's own default request limit is 1.5 MiB).
@@ -94,6 +94,10 @@ struct Job {
 /// Most commands in one transaction.
 pub const MAX_BATCH: usize = 128;
 
+/// Most logical units [`Store::import_all`] writes in its one transaction: etcd refuses a
+/// transaction with more than 128 compares or operations (its default `--max-txn-ops`).
+pub const MAX_IMPORT: usize = 128;
+
 impl std::fmt::Debug for EtcdStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EtcdStore")
@@ -127,6 +131,25 @@ impl EtcdStore {
     /// [`StoreError::Unavailable`].
     pub fn open(config: EtcdConfig) -> Result<EtcdStore, StoreError> {
         config.validate()?;
+        let tls = config.tls.as_ref().map(TlsFiles::read).transpose()?;
+        EtcdStore::open_with_tls(config, tls.as_ref())
+    }
+
+    /// [`EtcdStore::open`] with the TLS files already read (`tls`; `config.tls` then only
+    /// says that TLS is on, for the check of the endpoints' scheme): a daemon reads them
+    /// before it drops the privileges that let it read a private key.
+    pub fn open_with_tls(
+        config: EtcdConfig,
+        tls: Option<&TlsPem>,
+    ) -> Result<EtcdStore, StoreError> {
+        config.validate()?;
+        if config.tls.is_some() != tls.is_some() {
+            return Err(StoreError::Config {
+                detail: "etcd tls: the files' contents must be given exactly when tls is \
+                         configured"
+                    .into(),
+            });
+        }
         let describe = format!("etcd [{}] {}", config.endpoints.join(","), config.prefix);
         let mut options = ConnectOptions::new()
             .with_connect_timeout(config.connect_timeout)
@@ -134,16 +157,10 @@ impl EtcdStore {
             .with_keep_alive(config.request_timeout / 2, config.request_timeout)
             .with_keep_alive_while_idle(true)
             .with_require_leader(true);
-        if let Some(t) = &config.tls {
-            let read = |what: &str, p: &std::path::Path| {
-                std::fs::read(p).map_err(|e| StoreError::Config {
-                    detail: format!("etcd tls {what} {}: {e}", p.display()),
-                })
-            };
-            let mut tls =
-                TlsOptions::new().ca_certificate(Certificate::from_pem(read("ca", &t.ca)?));
-            if let (Some(c), Some(k)) = (&t.cert, &t.key) {
-                tls = tls.identity(Identity::from_pem(read("cert", c)?, read("key", k)?));
+        if let Some(t) = tls {
+            let mut tls = TlsOptions::new().ca_certificate(Certificate::from_pem(&t.ca));
+            if let Some((cert, key)) = &t.identity {
+                tls = tls.identity(Identity::from_pem(cert, key));
             }
             if let Some(d) = &t.domain {
                 tls = tls.domain_name(d.clone());
@@ -756,6 +773,119 @@ impl Ctx {
     }
 }
 
+/// [`Store::import_all`] on the store's runtime.
+async fn import_all(inner: Arc<Inner>, states: Vec<(LuId, LogicalUnit)>) -> Result<(), StoreError> {
+    let ctxs: Vec<Ctx> = states.iter().map(|(lu, _)| Ctx::new(&inner, lu)).collect();
+    let first = &ctxs[0];
+    let deadline = Instant::now() + inner.config.command_timeout;
+    let mut kv = inner.client.kv_client();
+    let mut last = String::from("no answer");
+    // A transaction of this import may have been applied without our hearing of it.
+    let mut ambiguous = false;
+    for c in &ctxs {
+        inner.forget(&c.lu);
+    }
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(if ambiguous {
+                first.outcome_unknown(last)
+            } else {
+                first.unavailable("importing", last)
+            });
+        }
+        let wait = left.min(inner.config.request_timeout);
+        // Every key in one linearizable read.
+        let read = Txn::new().and_then(
+            ctxs.iter()
+                .map(|c| TxnOp::get(c.key.clone(), None))
+                .collect::<Vec<_>>(),
+        );
+        let seen = match tokio::time::timeout(wait, kv.txn(read)).await {
+            Ok(Ok(r)) => {
+                let mut seen = Vec::with_capacity(ctxs.len());
+                for (c, op) in ctxs.iter().zip(r.op_responses()) {
+                    let kv = match op {
+                        TxnOpResponse::Get(g) => g.kvs().first().cloned(),
+                        _ => None,
+                    };
+                    seen.push(c.decode(kv.as_ref())?);
+                }
+                seen
+            }
+            Ok(Err(e)) => {
+                last = e.to_string();
+                backoff(deadline).await;
+                continue;
+            }
+            Err(_) => {
+                last = format!("no answer within {wait:?}");
+                backoff(deadline).await;
+                continue;
+            }
+        };
+        let done = seen
+            .iter()
+            .zip(&states)
+            .all(|(s, (_, state))| s.revision != 0 && &s.value.state == state);
+        if done {
+            return Ok(());
+        }
+        if ambiguous {
+            return Err(first.outcome_unknown(format!(
+                "{last}; the states now are neither the ones before nor the ones imported"
+            )));
+        }
+        let mut puts = Vec::new();
+        for ((c, s), (_, state)) in ctxs.iter().zip(&seen).zip(&states) {
+            if s.revision == 0 || &s.value.state != state {
+                let v = s.value.next(state.clone(), &inner.client_id, None, &[]);
+                let json = serde_json::to_vec(&v).expect("a stored value serializes");
+                if json.len() > MAX_VALUE_LEN {
+                    return Err(c.server(
+                        "importing",
+                        format!(
+                            "the state would take {} bytes, more than {MAX_VALUE_LEN}",
+                            json.len()
+                        ),
+                    ));
+                }
+                puts.push(TxnOp::put(c.key.clone(), json, None));
+            }
+        }
+        let txn = Txn::new()
+            .when(
+                ctxs.iter()
+                    .zip(&seen)
+                    .map(|(c, s)| {
+                        Compare::mod_revision(c.key.clone(), CompareOp::Equal, s.revision)
+                    })
+                    .collect::<Vec<_>>(),
+            )
+            .and_then(puts);
+        let counters = &inner.counters;
+        counters.transactions.fetch_add(1, Ordering::Relaxed);
+        match tokio::time::timeout(wait, kv.txn(txn)).await {
+            Ok(Ok(r)) if r.succeeded() => return Ok(()),
+            Ok(Ok(_)) => {
+                counters.conflicts.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(Err(e)) => {
+                counters.retries.fetch_add(1, Ordering::Relaxed);
+                ambiguous = true;
+                last = e.to_string();
+                backoff(deadline).await;
+            }
+            Err(_) => {
+                counters.retries.fetch_add(1, Ordering::Relaxed);
+                ambiguous = true;
+                last = format!("no answer within {wait:?}");
+                backoff(deadline).await;
+            }
+        }
+    }
+}
+
 async fn backoff(deadline: Instant) {
     let left = deadline.saturating_duration_since(Instant::now());
     tokio::time::sleep(Duration::from_millis(25).min(left)).await;
@@ -842,6 +972,45 @@ impl Store for EtcdStore {
 
     fn clear(&self, lu: &LuId) -> Result<(), StoreError> {
         self.modify(lu, "clearing", |_, exists| exists.then_some(None))
+    }
+
+    /// One etcd transaction for all of them: a compare of every key's mod_revision against
+    /// the value read, then every put; after a lost answer only states equal to the imported
+    /// ones count as done (else [`StoreError::OutcomeUnknown`]).
+    fn import_all(&self, states: &[(LuId, LogicalUnit)]) -> Result<(), StoreError> {
+        let mut named = std::collections::HashSet::new();
+        for (lu, state) in states {
+            if !named.insert(lu) {
+                return Err(StoreError::InvalidState {
+                    lu: lu.clone(),
+                    reason: "the logical unit is named twice".into(),
+                });
+            }
+            state
+                .check_invariants()
+                .map_err(|reason| StoreError::InvalidState {
+                    lu: lu.clone(),
+                    reason,
+                })?;
+        }
+        match states {
+            [] => return Ok(()),
+            [(lu, state)] => return self.import(lu, state),
+            _ if states.len() > MAX_IMPORT => {
+                return Err(StoreError::Unsupported {
+                    operation: "importing more than 128 logical units in one etcd transaction",
+                })
+            }
+            _ => {}
+        }
+        let inner = Arc::clone(&self.inner);
+        let states = states.to_vec();
+        let first = states[0].0.clone();
+        self.block_for(
+            Some(&first),
+            self.inner.config.command_timeout,
+            async move { import_all(inner, states).await },
+        )
     }
 
     fn import(&self, lu: &LuId, state: &LogicalUnit) -> Result<(), StoreError> {

@@ -247,3 +247,75 @@ fn an_unreachable_cluster_is_a_clear_error_in_bounded_time() {
     assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
     assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");
 }
+
+#[test]
+fn import_all_writes_every_logical_unit_in_one_transaction_or_none() {
+    let cluster = Cluster::start(3, timing()).expect("etcd cluster");
+    let etcd = EtcdStore::open(config(cluster.endpoints(), "a", "/t5/")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = SqliteStore::open(dir.path().join("s.db")).unwrap();
+    let cfg = EngineConfig::default();
+    let lus: Vec<LuId> = (0..3)
+        .map(|i| LuId::new(format!("naa.60014050000000000000000000000{i:03}")).unwrap())
+        .collect();
+    // A state per LU: nexus i registered with key i+1 (REGISTER AND IGNORE EXISTING KEY).
+    let state = |who: u16| {
+        let (c, p) = pr_out(6, 0, 0, key(who));
+        LogicalUnit::default()
+            .execute(&nexus(who), &c, &p, &cfg)
+            .state
+            .unwrap()
+    };
+    // One LU already has another state; the import replaces it.
+    let (c, p) = pr_out(6, 0, 0, key(9));
+    etcd.execute(&lus[0], &nexus(9), &c, &p, &cfg).unwrap();
+    let states: Vec<(LuId, LogicalUnit)> = lus
+        .iter()
+        .enumerate()
+        .map(|(i, lu)| (lu.clone(), state(i as u16 + 1)))
+        .collect();
+    etcd.import_all(&states).unwrap();
+    sqlite.import_all(&states).unwrap();
+    for (lu, s) in &states {
+        assert_eq!(etcd.load(lu).unwrap().as_ref(), Some(s));
+        assert_eq!(etcd.load(lu).unwrap(), sqlite.load(lu).unwrap());
+    }
+    assert_eq!(etcd.list().unwrap(), lus);
+    // A broken state, a logical unit named twice, more than one transaction can carry: refused
+    // before anything is written.
+    let mut bad = LogicalUnit::default();
+    bad.registrants.push(pr_engine::Registrant {
+        nexus: nexus(1),
+        key: pr_scsi::ReservationKey(0),
+        all_tg_pt: false,
+    });
+    let other = vec![(lus[0].clone(), state(7)), (lus[1].clone(), bad)];
+    assert_eq!(
+        etcd.import_all(&other).unwrap_err().kind(),
+        ErrorKind::InvalidState
+    );
+    let twice = vec![(lus[0].clone(), state(7)), (lus[0].clone(), state(8))];
+    assert_eq!(
+        etcd.import_all(&twice).unwrap_err().kind(),
+        ErrorKind::InvalidState
+    );
+    let many: Vec<(LuId, LogicalUnit)> = (0..=pr_store_etcd::MAX_IMPORT)
+        .map(|i| (LuId::new(format!("lu-{i}")).unwrap(), state(7)))
+        .collect();
+    assert_eq!(
+        etcd.import_all(&many).unwrap_err().kind(),
+        ErrorKind::Unsupported
+    );
+    for (lu, s) in &states {
+        assert_eq!(etcd.load(lu).unwrap().as_ref(), Some(s), "{lu} changed");
+    }
+    assert_eq!(etcd.list().unwrap(), lus);
+    // Commands after the import run on the imported states (the store's cached guesses were
+    // dropped): nexus 1 is registered on LU 0, and READ KEYS shows its key.
+    let keys = etcd
+        .execute(&lus[0], &nexus(1), &pr_in(0).0, &[], &cfg)
+        .unwrap();
+    let mut want = vec![0, 0, 0, 1, 0, 0, 0, 8];
+    want.extend_from_slice(&key(1).to_be_bytes());
+    assert_eq!(keys.reply.data, want);
+}

@@ -1,7 +1,10 @@
 //! The configuration file (`--config FILE`, TOML): logical units and sockets.
 //!
 //! ```toml
-//! # Where reservations live (pr-store's SQLite file); each LU may name its own.
+//! # Where reservations live: a SQLite file of this host (the default) or, for an LU shared by
+//! # several hosts, an etcd cluster (pr-store-config: endpoints, TLS files, prefix, timeouts):
+//! #   store = { kind = "etcd", endpoints = ["10.0.0.1:2379", "10.0.0.2:2379", "10.0.0.3:2379"] }
+//! # Each LU may name its own.
 //! store = "/var/lib/pr-target/reservations.db"
 //!
 //! [[lu]]
@@ -22,7 +25,8 @@
 //! luns = { 0 = "shared0" }
 //! ```
 //!
-//! Every error names the file, the line and what was expected.
+//! Every error names the file, the line and what was expected. etcd endpoints are IP
+//! addresses here: once serving, pr-target's sandbox cannot read /etc/hosts or resolv.conf.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -31,6 +35,7 @@ use pr_backend::emulate::identity;
 use pr_engine::Nexus;
 use pr_scsi::RelativeTargetPort;
 use pr_store::LuId;
+use pr_store_config::{StoreSelection, StoreSetting};
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -44,7 +49,7 @@ pub const MAX_LUN: u16 = 0x3fff;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileFormat {
-    store: Option<Spanned<PathBuf>>,
+    store: Option<Spanned<StoreSetting>>,
     #[serde(default)]
     lu: Vec<Spanned<LuFormat>>,
     #[serde(default)]
@@ -63,7 +68,7 @@ struct LuFormat {
     serial: Spanned<String>,
     vendor: Option<Spanned<String>>,
     product: Option<Spanned<String>>,
-    store: Option<Spanned<PathBuf>>,
+    store: Option<Spanned<StoreSetting>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -88,7 +93,7 @@ pub struct LuConfig {
     pub serial: String,
     pub vendor: [u8; 8],
     pub product: [u8; 16],
-    pub store: PathBuf,
+    pub store: StoreSelection,
 }
 
 /// A socket, validated.
@@ -148,6 +153,38 @@ impl Ctx<'_> {
     }
 }
 
+impl Ctx<'_> {
+    /// A `store` setting, validated; etcd endpoints must be IP addresses (see the module
+    /// documentation).
+    fn store(&self, s: &Spanned<StoreSetting>) -> Result<StoreSelection, ConfigError> {
+        let selection = s
+            .get_ref()
+            .clone()
+            .resolve("store", DEFAULT_STORE)
+            .or_else(|e| self.err(s.span(), e.to_string()))?;
+        if let StoreSelection::Etcd { config, .. } = &selection {
+            for (i, e) in config.endpoints.iter().enumerate() {
+                let hostport = e.split_once("://").map_or(e.as_str(), |(_, r)| r);
+                let hostport = hostport.trim_end_matches('/');
+                let host = hostport.rsplit_once(':').map_or(hostport, |(h, _)| h);
+                let host = host.trim_start_matches('[').trim_end_matches(']');
+                if host.parse::<std::net::IpAddr>().is_err() {
+                    return self.err(
+                        s.span(),
+                        format!(
+                            "store.endpoints[{i}] = {e:?}: expected an IP address: once \
+                             serving, pr-target's sandbox cannot read /etc/hosts or \
+                             resolv.conf to look a name up (with TLS, server_name gives the \
+                             name the certificates carry)"
+                        ),
+                    );
+                }
+            }
+        }
+        Ok(selection)
+    }
+}
+
 fn padded<const N: usize>(s: &str) -> [u8; N] {
     let mut b = [b' '; N];
     b[..s.len()].copy_from_slice(s.as_bytes());
@@ -179,6 +216,12 @@ fn parse_naa(s: &str) -> Result<Vec<u8>, String> {
 }
 
 impl Config {
+    /// Whether a logical unit's store is an etcd cluster (the sandbox then allows its
+    /// connections).
+    pub fn uses_network_store(&self) -> bool {
+        self.lus.iter().any(|l| l.store.is_networked())
+    }
+
     /// Reads and validates a configuration file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -196,17 +239,10 @@ impl Config {
         })?;
         let cx = Ctx { path, text };
         let default_store = match &file.store {
-            Some(s) if !s.get_ref().is_absolute() => {
-                return cx.err(
-                    s.span(),
-                    format!(
-                        "store = {:?} must be an absolute path, e.g. \"{DEFAULT_STORE}\"",
-                        s.get_ref()
-                    ),
-                )
-            }
-            Some(s) => s.get_ref().clone(),
-            None => PathBuf::from(DEFAULT_STORE),
+            Some(s) => cx.store(s)?,
+            None => StoreSelection::Sqlite {
+                path: PathBuf::from(DEFAULT_STORE),
+            },
         };
         if file.lu.is_empty() {
             return cx.err(
@@ -302,13 +338,7 @@ impl Config {
             let vendor = text_field(&l.vendor, "vendor", 8, "PR-HELP")?;
             let product = text_field(&l.product, "product", 16, "pr-target")?;
             let store = match &l.store {
-                Some(s) if !s.get_ref().is_absolute() => {
-                    return cx.err(
-                        s.span(),
-                        format!("store = {:?} must be an absolute path", s.get_ref()),
-                    )
-                }
-                Some(s) => s.get_ref().clone(),
+                Some(s) => cx.store(s)?,
                 None => default_store.clone(),
             };
             lus.push(LuConfig {
@@ -445,7 +475,10 @@ luns = { 0 = "d0", 300 = "d0" }
         assert_eq!(c.lus[0].naa[0], 0x60);
         assert_eq!(c.lus[0].naa.len(), 16);
         assert_eq!(&c.lus[0].vendor, b"PR-HELP ");
-        assert_eq!(c.lus[0].store, Path::new("/var/lib/t/r.db"));
+        assert_eq!(
+            c.lus[0].store.sqlite_path(),
+            Some(Path::new("/var/lib/t/r.db"))
+        );
         assert_eq!(
             c.sockets[1].nexus.relative_target_port,
             RelativeTargetPort(2)

@@ -16,7 +16,8 @@ use tracing::{error, info};
 /// A vhost-user-scsi target whose every command obeys SCSI persistent reservations.
 ///
 /// Each configured socket is one VM (one initiator, one I_T nexus); logical units are files
-/// or block devices, and their reservations live in a SQLite store, so a VM that another
+/// or block devices, and their reservations live in a store (a SQLite file, or an etcd
+/// cluster shared by hosts: store = { kind = "etcd", endpoints = [...] }), so a VM that another
 /// preempts can no longer write. Start QEMU with shared guest memory and, per socket:
 ///
 ///   -object memory-backend-memfd,id=mem,size=1G,share=on -numa node,memdev=mem
@@ -89,7 +90,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if let Err(e) = seccomp::install(cli.seccomp) {
+    if let Err(e) = seccomp::install(cli.seccomp, config.uses_network_store()) {
         report(&e);
         return ExitCode::FAILURE;
     }

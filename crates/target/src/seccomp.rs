@@ -9,6 +9,10 @@
 //! ioctl, no exec, no ptrace. Opening files is never needed after start-up; opens answer EACCES
 //! (a second filter, whose error wins over the allow) so a probe by libc or std fails
 //! gracefully instead of killing the process.
+//!
+//! With an etcd store ([`network_extra`]) the etcd client's threads, started when the store
+//! was opened, get the same list (TSYNC) plus what its gRPC connections need: connect and
+//! setsockopt. Its endpoints are IP addresses (config.rs), so no name is ever looked up.
 
 use std::collections::BTreeMap;
 
@@ -125,6 +129,14 @@ fn allowed() -> Vec<i64> {
     v
 }
 
+/// What the etcd client's connections need beyond [`allowed`] (found with `strace -f` on a
+/// pr-target serving from an etcd store, the cluster killed and back): connect, and
+/// setsockopt for TCP_NODELAY and keep-alive. The rest (socket, epoll, eventfd, futex,
+/// read/write, writev, sendto/recvfrom, getrandom) is in the list already.
+fn network_extra() -> Vec<i64> {
+    vec![libc::SYS_connect, libc::SYS_setsockopt]
+}
+
 fn compile(
     rules: BTreeMap<i64, Vec<seccompiler::SeccompRule>>,
     mismatch: SeccompAction,
@@ -138,8 +150,9 @@ fn compile(
         .map_err(|e: seccompiler::BackendError| err(&e))
 }
 
-/// Installs both filters on every thread of the process.
-pub fn install(mode: SeccompMode) -> Result<(), SeccompError> {
+/// Installs both filters on every thread of the process; `network`: a store is an etcd
+/// cluster ([`network_extra`]).
+pub fn install(mode: SeccompMode, network: bool) -> Result<(), SeccompError> {
     let mismatch = match mode {
         SeccompMode::None => {
             tracing::warn!("seccomp filter disabled (--seccomp=none)");
@@ -157,8 +170,13 @@ pub fn install(mode: SeccompMode) -> Result<(), SeccompError> {
         SeccompAction::Allow,
         SeccompAction::Errno(libc::EACCES as u32),
     )?;
+    let extra = if network { network_extra() } else { Vec::new() };
     let list = compile(
-        allowed().into_iter().map(|s| (s, vec![])).collect(),
+        allowed()
+            .into_iter()
+            .chain(extra)
+            .map(|s| (s, vec![]))
+            .collect(),
         mismatch,
         SeccompAction::Allow,
     )?;

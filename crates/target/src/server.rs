@@ -1,13 +1,14 @@
 //! Opens the configured logical units and stores, serves each socket on its own thread
 //! (accepting the VM again after it disconnects), and shuts down cleanly.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use pr_engine::EngineConfig;
-use pr_store::{SqliteStore, Store, StoreError};
+use pr_store::{SqliteOptions, Store, StoreError};
+use pr_store_config::StoreSelection;
 use tracing::{error, info};
 use vhost::vhost_user::Listener;
 use vhost_user_backend::VhostUserDaemon;
@@ -36,9 +37,9 @@ pub enum StartError {
         bytes: u64,
         block_size: u32,
     },
-    #[error("store {path}: {source}")]
+    #[error("store {store}: {source}")]
     Store {
-        path: PathBuf,
+        store: String,
         #[source]
         source: Box<StoreError>,
     },
@@ -66,20 +67,23 @@ pub struct Server {
 impl Server {
     /// Opens every store and LU (each backing locked) and starts listening on every socket.
     pub fn start(config: &Config) -> Result<Server, StartError> {
-        let mut stores: HashMap<PathBuf, Arc<dyn Store>> = HashMap::new();
+        // Each distinct store opened once, shared by its logical units.
+        let mut stores: Vec<(&StoreSelection, Arc<dyn Store>)> = Vec::new();
         let mut units = Vec::new();
         for l in &config.lus {
-            let store = match stores.get(&l.store) {
-                Some(s) => s.clone(),
+            let store = match stores.iter().find(|(s, _)| *s == &l.store) {
+                Some((_, s)) => s.clone(),
                 None => {
-                    let s: Arc<dyn Store> =
-                        Arc::new(SqliteStore::open(&l.store).map_err(|source| {
-                            StartError::Store {
-                                path: l.store.clone(),
-                                source: Box::new(source),
-                            }
-                        })?);
-                    stores.insert(l.store.clone(), s.clone());
+                    let s = l
+                        .store
+                        .open(SqliteOptions::default())
+                        .map_err(|source| StartError::Store {
+                            store: l.store.to_string(),
+                            source: Box::new(source),
+                        })?
+                        .store();
+                    info!("store {} open", l.store);
+                    stores.push((&l.store, s.clone()));
                     s
                 }
             };
@@ -106,7 +110,7 @@ impl Server {
             }
             let lu = FencedLu::new(l.name.clone(), disk, store, EngineConfig::default()).map_err(
                 |source| StartError::Store {
-                    path: l.store.clone(),
+                    store: l.store.to_string(),
                     source: Box::new(source),
                 },
             )?;

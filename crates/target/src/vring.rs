@@ -1,5 +1,5 @@
 //! The vring type of the vhost-user device: rust-vmm's `VringRwLock`, except that enabling a
-//! ring re-signals its kick eventfd.
+//! ring re-signals its kick eventfd and a new call eventfd is signalled once.
 //!
 //! vhost-user-backend reads a ring's kick and, when the ring is not enabled yet, drops it. With
 //! VHOST_USER_F_PROTOCOL_FEATURES the rings start disabled until SET_VRING_ENABLE, and QEMU may
@@ -7,6 +7,16 @@
 //! without kicking again): without the re-signal that request is never seen and the guest
 //! hangs in the BIOS. Signalling the kick once more on enable makes the worker look at the ring
 //! after it became enabled; a spurious kick only finds an empty ring.
+//!
+//! The call side has the mirror problem after a reconnection (QEMU's `reconnect-ms=`, a new
+//! pr-target process under a running guest): QEMU enables the rings and only then sends
+//! SET_VRING_CALL with the guest notifier it will watch from then on. A request the guest
+//! queued while no target ran is served as soon as the ring is enabled, and its completion is
+//! signalled on the call eventfd of before — which QEMU no longer reads. The guest never
+//! hears of it, submits nothing more on that queue and waits forever (seen in
+//! lab/target-reconnect.sh: the first 4 KiB of a write landed, the next never came). So every
+//! new call eventfd is signalled once when it arrives: the guest then looks at the used ring;
+//! an interrupt with nothing new in it costs one look.
 
 use std::fs::File;
 use std::io;
@@ -103,7 +113,12 @@ impl VringT<Memory> for Vring {
         self.0.read_kick()
     }
     fn set_call(&self, file: Option<File>) {
-        self.0.set_call(file)
+        let new = file.is_some();
+        self.0.set_call(file);
+        if new {
+            // As for the kick: a write fails only when a wake-up is pending anyway.
+            let _ = self.0.signal_used_queue();
+        }
     }
     fn set_err(&self, file: Option<File>) {
         self.0.set_err(file)

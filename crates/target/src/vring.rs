@@ -124,3 +124,37 @@ impl VringT<Memory> for Vring {
         self.0.set_err(file)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustix::event::{eventfd, EventfdFlags};
+    use std::io::Read;
+
+    fn counter(f: &mut File) -> u64 {
+        let mut b = [0u8; 8];
+        match f.read(&mut b) {
+            Ok(8) => u64::from_ne_bytes(b),
+            _ => 0,
+        }
+    }
+
+    #[test]
+    fn a_new_call_eventfd_is_signalled_once_and_an_enabled_ring_re_kicks() {
+        let v = Vring::new(GuestMemoryAtomic::new(GuestMemoryMmap::new()), 256).unwrap();
+        let call = File::from(eventfd(0, EventfdFlags::NONBLOCK).unwrap());
+        let mut seen = call.try_clone().unwrap();
+        v.set_call(Some(call));
+        assert_eq!(counter(&mut seen), 1, "the new call eventfd was not signalled");
+        v.set_call(None);
+        assert_eq!(counter(&mut seen), 0, "removing the call eventfd signalled it");
+
+        let kick = File::from(eventfd(0, EventfdFlags::NONBLOCK).unwrap());
+        let mut kicked = kick.try_clone().unwrap();
+        v.set_kick(Some(kick));
+        v.set_enabled(false);
+        assert_eq!(counter(&mut kicked), 0, "disabling the ring kicked it");
+        v.set_enabled(true);
+        assert_eq!(counter(&mut kicked), 1, "enabling the ring did not re-kick it");
+    }
+}

@@ -3,9 +3,10 @@
 # virtio-scsi + scsi-hd (PCI slot 12h), pr-target (10h) and pr-target built with
 # bench-no-check (11h) — every workload on the three back to back, the order reversed every
 # other round. Around each run on a pr-target disk it asks the host for pr-target's CPU
-# ticks ("BENCH-CPU n begin|end dev" on the console; the host answers with the file
-# cpu-n-begin|end in the work directory, read here over 9p).
-# Prints "BENCH-RESULT round workload dev value unit ios ticks" per run, then LAB-RESULT.
+# ticks ("BENCH-CPU n begin|end dev" on the console; the host writes them into the file
+# cpu-n-begin|end in the work directory, which this waits for over 9p).
+# Prints "BENCH-RESULT round workload dev value unit ios n" per run (n: the sample number of
+# its CPU ticks, cpu-n-begin/end on the host), then LAB-RESULT.
 set -u
 TOP=$(cd "$(dirname "$0")/.." && pwd)
 WORK=$TOP/build/bench-target
@@ -40,40 +41,43 @@ workloads=(
   "read-1m-qd1 read 1m 1" "read-1m-qd32 read 1m 32"
   "write-1m-qd1 write 1m 1" "write-1m-qd32 write 1m 32"
 )
+# One fio process per round (starting fio is slow under TCG: its 64 libraries come over 9p):
+# a job file with every workload on the three disks, one job after the other (stonewall).
+# Around each job on a pr-target disk, exec_prerun/exec_postrun run /run/ask.sh, which asks
+# the host for a CPU sample on the console and waits (bounded) for its answer file.
+cat > /run/ask.sh <<'ASK'
+#!/bin/bash
+echo "BENCH-CPU $1 $2 $3" > /dev/console
+for _ in $(seq 600); do [ -s "$4/cpu-$1-$2" ] && exit 0; sleep 0.05; done
+echo "FAIL bench: no CPU sample $1 $2 from the host" > /dev/console
+ASK
+chmod +x /run/ask.sh
 n=0
-# ask N EDGE DEV: the host's tick count for DEV's pr-target (bounded wait).
-ask() {
-  echo "BENCH-CPU $1 $2 $3"
-  for _ in $(seq 600); do [ -s "$WORK/cpu-$1-$2" ] && { cat "$WORK/cpu-$1-$2"; return 0; }; sleep 0.05; done
-  echo "?"; return 1
-}
-run() { # run ROUND NAME RW BS QD DEV
-  local r=$1 name=$2 rw=$3 bs=$4 qd=$5 d=$6 t0=- t1=- ticks=- line io kib val unit ios
-  n=$((n + 1))
-  [ "$d" != qemu ] && t0=$(ask "$n" begin "$d")
-  line=$(fio --name=b --filename="${dev[$d]}" --direct=1 --ioengine=libaio --rw="$rw" --bs="$bs" \
-    --iodepth="$qd" --size=256m --runtime="$runtime" --time_based \
-    --randrepeat=0 --norandommap --output-format=terse --terse-version=3 2>/run/fio.err)
-  [ "$d" != qemu ] && t1=$(ask "$n" end "$d")
-  [ "$t0" != - ] && [ "$t0" != "?" ] && [ "$t1" != "?" ] && ticks=$((t1 - t0))
-  # terse v3: fields 6-8 read total KiB, bandwidth KiB/s, IOPS; 47-49 the same for writes.
-  case $rw in *read) io=6;; *) io=47;; esac
-  kib=$(echo "$line" | awk -F';' -v f=$io '{print $f}')
-  case $bs in
-    4k) val=$(echo "$line" | awk -F';' -v f=$((io + 2)) '{print $f}'); unit=IOPS; ios=$((kib / 4));;
-    *) val=$(echo "$line" | awk -F';' -v f=$((io + 1)) '{printf "%.0f", $f / 1024}'); unit=MiB/s; ios=$((kib / 1024));;
-  esac
-  if [ -z "$val" ] || [ -z "$kib" ]; then
-    echo "FAIL bench: fio $name on $d: $(head -3 /run/fio.err | tr '\n' ' ')"; return
-  fi
-  echo "BENCH-RESULT $r $name $d $val $unit $ios $ticks"
-}
 for r in $(seq "$rounds"); do
   order="qemu ours nocheck"; [ $((r % 2)) = 0 ] && order="nocheck ours qemu"
-  for w in "${workloads[@]}"; do
-    set -- $w
-    for d in $order; do run "$r" "$1" "$2" "$3" "$4" "$d"; done
-  done
+  {
+    printf '[global]\ndirect=1\nioengine=libaio\nsize=256m\nruntime=%s\ntime_based\nrandrepeat=0\nnorandommap\nstonewall\n' "$runtime"
+    for w in "${workloads[@]}"; do
+      set -- $w
+      for d in $order; do
+        n=$((n + 1))
+        printf '[%s:%s:%s:%s]\nfilename=%s\nrw=%s\nbs=%s\niodepth=%s\n' "$r" "$1" "$d" "$n" "${dev[$d]}" "$2" "$3" "$4"
+        if [ "$d" != qemu ]; then
+          printf 'exec_prerun=/run/ask.sh %s begin %s %s\nexec_postrun=/run/ask.sh %s end %s %s\n' "$n" "$d" "$WORK" "$n" "$d" "$WORK"
+        fi
+      done
+    done
+  } > /run/round.fio
+  # fio saves the hooks' output as JOB.prerun.txt in its working directory: /run, writable.
+  (cd /run && fio --output-format=terse --terse-version=3 /run/round.fio > /run/round.out 2>/run/fio.err) \
+    || echo "FAIL bench: fio round $r: $(head -3 /run/fio.err | tr '\n' ' ')"
+  # terse v3: field 3 the job name; 6-8 read total KiB, bandwidth KiB/s, IOPS; 47-49 writes.
+  awk -F';' '/^3;/ {
+    split($3, j, ":"); w = j[2]
+    if (w ~ /read/) { kib = $6; bw = $7; iops = $8 } else { kib = $47; bw = $48; iops = $49 }
+    if (w ~ /-4k-/) printf "BENCH-RESULT %s %s %s %d IOPS %d %s\n", j[1], w, j[3], iops, kib / 4, j[4]
+    else printf "BENCH-RESULT %s %s %s %.0f MiB/s %d %s\n", j[1], w, j[3], bw / 1024, kib / 1024, j[4]
+  }' /run/round.out
   echo "bench: round $r done"
 done
 echo "LAB-RESULT 1 0"

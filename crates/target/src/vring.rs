@@ -145,9 +145,17 @@ mod tests {
         let call = File::from(eventfd(0, EventfdFlags::NONBLOCK).unwrap());
         let mut seen = call.try_clone().unwrap();
         v.set_call(Some(call));
-        assert_eq!(counter(&mut seen), 1, "the new call eventfd was not signalled");
+        assert_eq!(
+            counter(&mut seen),
+            1,
+            "the new call eventfd was not signalled"
+        );
         v.set_call(None);
-        assert_eq!(counter(&mut seen), 0, "removing the call eventfd signalled it");
+        assert_eq!(
+            counter(&mut seen),
+            0,
+            "removing the call eventfd signalled it"
+        );
 
         let kick = File::from(eventfd(0, EventfdFlags::NONBLOCK).unwrap());
         let mut kicked = kick.try_clone().unwrap();
@@ -155,6 +163,10 @@ mod tests {
         v.set_enabled(false);
         assert_eq!(counter(&mut kicked), 0, "disabling the ring kicked it");
         v.set_enabled(true);
-        assert_eq!(counter(&mut kicked), 1, "enabling the ring did not re-kick it");
+        assert_eq!(
+            counter(&mut kicked),
+            1,
+            "enabling the ring did not re-kick it"
+        );
     }
 }

@@ -94,7 +94,7 @@ deadline=$(( $(date +%s) + timeout_s ))
 # wait_console LINE: waits until the guest prints LINE, QEMU exits, or the deadline passes.
 wait_console() {
   while [ "$(date +%s)" -lt "$deadline" ]; do
-    tr -d '\r' < "$log" 2>/dev/null | grep -qx "$1" && return 0
+    tr -d '\r' < "$log" 2>/dev/null | grep -qF -- "$1" && return 0   # anywhere: a kernel message may share the line
     kill -0 "$qpid" 2>/dev/null || { ko "QEMU exited before the guest printed '$1'"; diagnose; return 1; }
     sleep 0.2
   done

@@ -75,6 +75,24 @@ impl BlockDevice for Backing {
         self.file.read_exact_at(buf, offset)
     }
 
+    /// pread into the vector's uninitialised capacity (no zero-filling first), until `len`
+    /// bytes are there; the end of the medium before that is an error.
+    fn read_vec(&self, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        let mut buf = Vec::with_capacity(len);
+        while buf.len() < len {
+            let at = offset
+                .checked_add(buf.len() as u64)
+                .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
+            match rustix::io::pread(&self.file, rustix::buffer::spare_capacity(&mut buf), at) {
+                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(_) => {}
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(buf)
+    }
+
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         self.file.write_all_at(buf, offset)
     }
@@ -95,5 +113,29 @@ impl BlockDevice for Backing {
             len,
         )
         .map_err(io::Error::from)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn read_vec_reads_what_the_file_holds_and_fails_past_its_end() {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        let data: Vec<u8> = (0..3u32 * 4096).map(|i| (i * 7 % 251) as u8).collect();
+        f.write_all(&data).unwrap();
+        f.flush().unwrap();
+        let b = Backing::open(f.path(), true).unwrap();
+        assert_eq!(b.read_vec(0, data.len()).unwrap(), data);
+        assert_eq!(b.read_vec(4096 + 3, 5000).unwrap(), data[4099..9099]);
+        // The same bytes as read_at, which zero-fills first.
+        let mut buf = vec![0u8; 4096];
+        b.read_at(&mut buf, 8192).unwrap();
+        assert_eq!(b.read_vec(8192, 4096).unwrap(), buf);
+        let e = b.read_vec(8192, 4097).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
+        assert!(b.read_vec(u64::MAX - 2, 16).is_err());
     }
 }

@@ -11,7 +11,7 @@ use pr_target::seccomp::{self, SeccompMode};
 use pr_target::server::Server;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 /// A vhost-user-scsi target whose every command obeys SCSI persistent reservations.
 ///
@@ -93,6 +93,12 @@ fn main() -> ExitCode {
     if let Err(e) = seccomp::install(cli.seccomp, config.uses_network_store()) {
         report(&e);
         return ExitCode::FAILURE;
+    }
+    if cfg!(feature = "bench-no-check") {
+        warn!(
+            "built with the bench-no-check feature: I/O is NOT checked against reservations \
+             (a benchmark build; never serve VMs with it)"
+        );
     }
     info!("ready: {} sockets", server.threads());
     let signal = signals.forever().next();

@@ -39,14 +39,17 @@ impl<D: BlockDevice> Target<D> {
         self.luns.values().map(|(lu, _)| lu)
     }
 
-    /// Executes `cdb` for `lun`. `data_out(n)` returns up to `n` bytes of the initiator's
-    /// data-out; it is called once, after the CDB was checked, with the length the command
-    /// needs.
+    /// Executes `cdb` for `lun`. `data_out(n, scratch)` puts up to `n` bytes of the
+    /// initiator's data-out at the start of `scratch` and returns how many; it is called
+    /// once, after the CDB was checked, with the length the command needs. `scratch` is the
+    /// caller's buffer, reused from command to command, so that a 1 MiB WRITE does not
+    /// allocate and zero-fill a new one each time.
     pub fn execute(
         &self,
         lun: u16,
         cdb: &[u8],
-        data_out: &mut dyn FnMut(usize) -> Vec<u8>,
+        scratch: &mut Vec<u8>,
+        data_out: &mut dyn FnMut(usize, &mut Vec<u8>) -> usize,
     ) -> Reply {
         let parsed = Command::parse(cdb);
         if let Ok((Command::ReportLuns { allocation }, _)) = parsed {
@@ -80,11 +83,11 @@ impl<D: BlockDevice> Target<D> {
             Ok(p) => p,
             Err(reply) => return reply,
         };
-        let data = if prepared.data_out_len > 0 {
-            data_out(prepared.data_out_len)
+        let filled = if prepared.data_out_len > 0 {
+            data_out(prepared.data_out_len, scratch).min(scratch.len())
         } else {
-            Vec::new()
+            0
         };
-        lu.run(*slot, cdb, &prepared, &data)
+        lu.run(*slot, cdb, &prepared, &scratch[..filled])
     }
 }

@@ -154,16 +154,22 @@ impl<D: BlockDevice> ScsiBackend<D> {
         };
         let out_available = reader.available_bytes();
         let mut consumed = 0usize;
-        let reply = self.target.execute(lun, &request.cdb, &mut |n| {
-            let n = n.min(out_available);
-            let mut buf = vec![0u8; n];
-            match reader.read_exact(&mut buf) {
-                Ok(()) => {
-                    consumed = n;
-                    buf
-                }
-                Err(_) => Vec::new(),
-            }
+        let reply = SCRATCH.with_borrow_mut(|scratch| {
+            self.target
+                .execute(lun, &request.cdb, scratch, &mut |n, buf| {
+                    let n = n.min(out_available);
+                    // Grows only: the bytes of earlier commands are overwritten, not zeroed.
+                    if buf.len() < n {
+                        buf.resize(n, 0);
+                    }
+                    match reader.read_exact(&mut buf[..n]) {
+                        Ok(()) => {
+                            consumed = n;
+                            n
+                        }
+                        Err(_) => 0,
+                    }
+                })
         });
         let in_available = data_in.available_bytes();
         let n = reply.data.len().min(in_available);
@@ -210,6 +216,12 @@ impl<D: BlockDevice> ScsiBackend<D> {
             Err(_) => 0,
         }
     }
+}
+
+thread_local! {
+    /// A worker thread's data-out buffer, reused from command to command; it grows to the
+    /// largest data-out the device server accepted (1 MiB of WRITE, 64 KiB of parameters).
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 fn respond(writer: &mut Writer<'_>, response: &Response, data: usize) -> u32 {

@@ -156,7 +156,7 @@ mod tests {
     }
 
     #[test]
-    fn a_new_call_eventfd_is_signalled_once_and_an_enabled_ring_re_kicks() {
+    fn a_new_call_eventfd_is_signalled_once_and_an_enabled_or_ready_ring_re_kicks() {
         let v = Vring::new(GuestMemoryAtomic::new(GuestMemoryMmap::new()), 256).unwrap();
         let call = File::from(eventfd(0, EventfdFlags::NONBLOCK).unwrap());
         let mut seen = call.try_clone().unwrap();
@@ -183,6 +183,14 @@ mod tests {
             counter(&mut kicked),
             1,
             "enabling the ring did not re-kick it"
+        );
+        v.set_queue_ready(false);
+        assert_eq!(counter(&mut kicked), 0, "marking the queue not ready kicked it");
+        v.set_queue_ready(true);
+        assert_eq!(
+            counter(&mut kicked),
+            1,
+            "marking the queue ready did not re-kick it"
         );
     }
 }

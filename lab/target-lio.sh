@@ -86,7 +86,7 @@ log=$work/console.log
 start=$(date +%s)
 timeout --kill-after=10 "$timeout_s" qemu-system-x86_64 -accel tcg -cpu max -m 1024 -smp 2 \
   -nographic -no-reboot -kernel "$out/vmlinuz" -initrd "$out/initrd.img" \
-  -append "console=ttyS0 quiet panic=-1 labscript=$top/lab/target-lio-guest.sh labparts=$parts labverbose=${LAB_VERBOSE:-0}" \
+  -append "console=ttyS0 quiet no_timer_check panic=-1 labscript=$top/lab/target-lio-guest.sh labparts=$parts labverbose=${LAB_VERBOSE:-0}" \
   -fsdev local,id=hr,path=/,security_model=none,readonly=on,multidevs=remap \
   -device virtio-9p-pci,fsdev=hr,mount_tag=hostroot \
   -object memory-backend-memfd,id=mem,size=1024M,share=on -numa node,memdev=mem \

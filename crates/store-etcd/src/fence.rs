@@ -131,6 +131,8 @@ pub(crate) struct StoreParts {
 #[derive(Debug, Default)]
 struct LeaseState {
     id: i64,
+    /// The TTL etcd granted the lease.
+    ttl: Duration,
     renewals: u64,
     grants: u64,
     last_error: Option<String>,
@@ -276,27 +278,26 @@ impl Shared {
             .await
             .map_err(|_| format!("writing the host key: no answer within {wait:?}"))?
             .map_err(|e| format!("writing the host key: {e}"))?;
+        let ttl = Duration::from_secs(g.ttl().max(0) as u64);
         let mut l = lock(&self.lease);
         l.id = g.id();
+        l.ttl = ttl;
         l.grants += 1;
-        Ok((
-            g.id(),
-            Duration::from_secs(g.ttl().max(0) as u64),
-            sent,
-        ))
+        Ok((g.id(), ttl, sent))
     }
 
-    /// One keep-alive on a fresh stream: the granted TTL (zero: the lease is gone in etcd).
+    /// One keep-alive on a fresh stream: the TTL it restarted (the lease's granted TTL, which
+    /// each keep-alive restarts in full), or zero when the lease is gone in etcd.
     async fn keep_alive(&self, id: i64) -> Result<Duration, String> {
         let wait = self.parts.request_timeout;
         let mut lease = self.parts.client.lease_client();
-        let round = async {
-            let (_keeper, mut stream) = lease.keep_alive(id).await?;
-            stream.message().await
-        };
-        match tokio::time::timeout(wait, round).await {
-            Ok(Ok(Some(r))) => Ok(Duration::from_secs(r.ttl().max(0) as u64)),
-            Ok(Ok(None)) => Err("the keep-alive stream closed".into()),
+        // etcd-client's keep_alive sends the first keep-alive and reads its answer itself,
+        // failing with "lease not found" when the answer's TTL is not positive.
+        match tokio::time::timeout(wait, lease.keep_alive(id)).await {
+            Ok(Ok(_)) => Ok(lock(&self.lease).ttl),
+            Ok(Err(etcd_client::Error::LeaseKeepAliveError(m))) if m.contains("not found") => {
+                Ok(Duration::ZERO)
+            }
             Ok(Err(e)) => Err(format!("keep-alive: {e}")),
             Err(_) => Err(format!("keep-alive: no answer within {wait:?}")),
         }

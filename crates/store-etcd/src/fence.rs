@@ -109,7 +109,9 @@ impl LeaseTiming {
 
 /// A logical unit served by this host, as the fence sees it (implemented by the target).
 pub trait SharedLu: Send + Sync {
-    /// The etcd revision of the state the target runs on (0: none yet).
+    /// The latest etcd revision whose state the target runs on *with* every command that state
+    /// refuses drained (0: none yet). It is what the fence acknowledges, so it must not move
+    /// ahead of the drain (a revision being applied but not drained yet does not count).
     fn revision(&self) -> i64;
     /// Runs on `state`, the unit's value at etcd revision `revision`, from now on (ignored if
     /// not newer than [`SharedLu::revision`]). Returns once no command admitted under the
@@ -515,6 +517,9 @@ impl Shared {
                 if revision > l.revision() {
                     l.apply(revision, state);
                 }
+                if self.stop.load(Ordering::SeqCst) {
+                    return;
+                }
                 self.put_ack(&lu, l.revision());
             }
             if let Some(d) = done {
@@ -678,10 +683,10 @@ impl Drop for HostFence {
     fn drop(&mut self) {
         self.shared.valid_until.store(0, Ordering::Release);
         self.shared.stop.store(true, Ordering::SeqCst);
+        // The applier is not joined: it may be waiting for I/O that never ends (a medium
+        // that hangs); stopped, it writes no acknowledgement any more.
         self.shared.send(Apply::Stop);
-        if let Some(t) = self.applier.take() {
-            let _ = t.join();
-        }
+        drop(self.applier.take());
         // Revoked, other hosts need not wait for its expiry (bounded; it expires anyway).
         let mut lease = self.shared.parts.client.lease_client();
         let id = self.shared.lease_id();

@@ -78,6 +78,9 @@ pub struct FencedLu<D> {
     fence: OnceLock<LuFence>,
     /// The etcd revision of the gate's state (shared LUs; changed only under the gate).
     revision: AtomicI64,
+    /// The latest revision whose state the gate holds *and* whose refused I/O has drained:
+    /// what this host acknowledges ([`SharedLu::revision`]), never ahead of the drain.
+    settled: AtomicI64,
 }
 
 impl<D> std::fmt::Debug for FencedLu<D> {
@@ -125,6 +128,7 @@ impl<D: BlockDevice> FencedLu<D> {
             shared: false,
             fence: OnceLock::new(),
             revision: AtomicI64::new(0),
+            settled: AtomicI64::new(0),
         })
     }
 
@@ -316,11 +320,15 @@ impl<D: BlockDevice> FencedLu<D> {
                 return store_failure();
             }
         };
-        if c.revision > self.revision.load(Ordering::Acquire) {
+        let newer = c.revision > self.revision.load(Ordering::Acquire);
+        if newer {
             *gate = c.after.clone();
             self.revision.store(c.revision, Ordering::Release);
         }
         self.drain_local(&gate, &c.outcome);
+        if newer {
+            self.settled.fetch_max(c.revision, Ordering::AcqRel);
+        }
         drop(gate);
         // A command answered from the record of an earlier attempt (no `before`) waits too.
         let took = c.outcome.state.as_ref().is_some_and(|after| {
@@ -388,7 +396,7 @@ impl<D: BlockDevice> FencedLu<D> {
 
 impl<D: BlockDevice + 'static> SharedLu for FencedLu<D> {
     fn revision(&self) -> i64 {
-        self.revision.load(Ordering::Acquire)
+        self.settled.load(Ordering::Acquire)
     }
 
     /// Another host's change (or this host's own, seen again through the watch): the gate
@@ -413,6 +421,8 @@ impl<D: BlockDevice + 'static> SharedLu for FencedLu<D> {
                 self.wait_idle(slot);
             }
         }
+        // Only now may the fence acknowledge it.
+        self.settled.fetch_max(revision, Ordering::AcqRel);
     }
 }
 

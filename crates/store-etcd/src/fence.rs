@@ -227,7 +227,10 @@ impl Shared {
         let v: Stored =
             serde_json::from_slice(kv.value()).map_err(|e| format!("{lu}: corrupt value: {e}"))?;
         if v.format > FORMAT {
-            return Err(format!("{lu}: stored format {} is newer than {FORMAT}", v.format));
+            return Err(format!(
+                "{lu}: stored format {} is newer than {FORMAT}",
+                v.format
+            ));
         }
         Ok(v.state)
     }
@@ -318,7 +321,11 @@ impl Shared {
             for (lu, l) in chunk {
                 let ack = self.ack_key(lu);
                 let applied = l.revision().to_string();
-                compares.push(Compare::value(ack.clone(), CompareOp::Equal, applied.clone()));
+                compares.push(Compare::value(
+                    ack.clone(),
+                    CompareOp::Equal,
+                    applied.clone(),
+                ));
                 compares.push(Compare::lease(ack.clone(), CompareOp::Equal, id));
                 gets.push(TxnOp::get(self.lu_key(lu), None));
                 puts.push(TxnOp::put(
@@ -467,10 +474,8 @@ impl Shared {
                     next = if resp.compact_revision() > 0 { 0 } else { next };
                     break;
                 }
-                let served: BTreeMap<LuId, ()> = lock(&self.served)
-                    .keys()
-                    .map(|k| (k.clone(), ()))
-                    .collect();
+                let served: BTreeMap<LuId, ()> =
+                    lock(&self.served).keys().map(|k| (k.clone(), ())).collect();
                 for ev in resp.events() {
                     let Some(kv) = ev.kv() else { continue };
                     next = next.max(kv.mod_revision() + 1);
@@ -816,7 +821,8 @@ async fn read_acks(
     .map_err(|e| format!("reading acknowledgements: {e}"))?;
     let mut m = BTreeMap::new();
     for kv in r.kvs() {
-        let host = String::from_utf8_lossy(kv.key().get(prefix.len()..).unwrap_or(&[])).into_owned();
+        let host =
+            String::from_utf8_lossy(kv.key().get(prefix.len()..).unwrap_or(&[])).into_owned();
         if host == s.parts.client_id {
             continue;
         }
@@ -833,7 +839,12 @@ async fn read_acks(
 /// One attempt of [`LuFence::wait_acks`]: read the acknowledgements, then watch them from the
 /// read's revision until none is pending (`Ok(true)`), the stream ends (`Ok(false)`), or the
 /// deadline (`Err`).
-async fn wait_round(s: &Shared, prefix: &str, revision: i64, deadline: Instant) -> Result<bool, String> {
+async fn wait_round(
+    s: &Shared,
+    prefix: &str,
+    revision: i64,
+    deadline: Instant,
+) -> Result<bool, String> {
     let left = deadline.saturating_duration_since(Instant::now());
     let (acks, read_at) = read_acks(s, prefix, left.min(s.parts.request_timeout)).await?;
     let mut pending: BTreeMap<String, i64> =

@@ -77,7 +77,10 @@ impl SharedLu for Unit {
         }
         *self.state.lock().unwrap() = state;
         self.revision.store(revision, Ordering::SeqCst);
-        self.applied.lock().unwrap().push((revision, Instant::now()));
+        self.applied
+            .lock()
+            .unwrap()
+            .push((revision, Instant::now()));
     }
 }
 
@@ -138,7 +141,9 @@ fn two_hosts(prefix: &str) -> Hosts {
     let lu_b = b.serve(&lu, weak(&unit_b)).unwrap();
     let cfg = EngineConfig::default();
     for (n, key) in [(1, 0xa), (2, 0xb)] {
-        let c = lu_a.execute(&nexus(n), &REGISTER, &params(0, key), &cfg).unwrap();
+        let c = lu_a
+            .execute(&nexus(n), &REGISTER, &params(0, key), &cfg)
+            .unwrap();
         assert_eq!(c.outcome.reply.status, Status::GOOD);
     }
     let c = lu_a
@@ -146,9 +151,11 @@ fn two_hosts(prefix: &str) -> Hosts {
         .unwrap();
     assert_eq!(c.outcome.reply.status, Status::GOOD);
     // B's view catches up through its watch and it acknowledges.
-    wait_for("B applying the reservation", Duration::from_secs(10), || {
-        unit_b.revision() >= c.revision
-    });
+    wait_for(
+        "B applying the reservation",
+        Duration::from_secs(10),
+        || unit_b.revision() >= c.revision,
+    );
     let deadline = Instant::now() + Duration::from_secs(10);
     while !(a.media_allowed() && b.media_allowed()) {
         assert!(
@@ -243,7 +250,10 @@ fn a_fencing_command_waits_for_the_other_hosts_ack_after_its_drain() {
         .unwrap();
     assert_eq!(c.outcome.reply.status, Status::GOOD);
     let before = c.before.clone().unwrap();
-    assert!(takes_access_away(&before, c.outcome.state.as_ref().unwrap()));
+    assert!(takes_access_away(
+        &before,
+        c.outcome.state.as_ref().unwrap()
+    ));
     let r = c.revision;
     let held = started
         .recv_timeout(Duration::from_secs(10))
@@ -318,7 +328,10 @@ fn a_fencing_command_waits_for_a_partitioned_hosts_lease_to_run_out() {
         Duration::from_secs(20),
         || h.b.media_allowed(),
     );
-    assert!(h.unit_b.revision() >= c.revision, "B's view is current first");
+    assert!(
+        h.unit_b.revision() >= c.revision,
+        "B's view is current first"
+    );
     assert!(h.b.grants() >= 2);
     let acks = h.lu_a.acknowledgements().unwrap();
     assert_eq!(acks.get(h.b.host()).copied(), Some(h.unit_b.revision()));
@@ -356,7 +369,10 @@ fn lease_timings_are_checked() {
     let t = LeaseTiming::default();
     let sent = Instant::now();
     let v = t.valid_until(sent, Duration::from_secs(6)).unwrap();
-    assert_eq!(v - sent, Duration::from_millis(5940) - Duration::from_secs(1));
+    assert_eq!(
+        v - sent,
+        Duration::from_millis(5940) - Duration::from_secs(1)
+    );
 }
 
 #[test]

@@ -122,7 +122,9 @@ fn host(endpoints: Vec<String>, id: &str, prefix: &str, path: &std::path::Path, 
         product: *b"pr-target       ",
         revision: *b"0001",
         serial: "SHARED0".into(),
-        naa: vec![0x60, 0x01, 0x40, 0x5a, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12],
+        naa: vec![
+            0x60, 0x01, 0x40, 0x5a, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,
+        ],
     };
     let mut lu = FencedLu::new_shared(
         LuId::new("shared0").unwrap(),
@@ -278,12 +280,24 @@ fn good_writes(log: &Mutex<Vec<Attempt>>) -> usize {
 /// After `returned`: B's writer goes on for `more` attempts, none of which may succeed, and
 /// the region of the file does not change. Then A overwrites the region and the file holds
 /// A's blocks only. Returns the attempts after `returned`.
-fn nothing_from_b_after(s: &Setup, log: &Mutex<Vec<Attempt>>, returned: Instant, more: usize) -> Vec<Attempt> {
+fn nothing_from_b_after(
+    s: &Setup,
+    log: &Mutex<Vec<Attempt>>,
+    returned: Instant,
+    more: usize,
+) -> Vec<Attempt> {
     let snapshot = region(&s.path);
     wait_for(
         "B's writer trying again after the preemption",
         Duration::from_secs(30),
-        || log.lock().unwrap().iter().filter(|a| a.started > returned).count() >= more,
+        || {
+            log.lock()
+                .unwrap()
+                .iter()
+                .filter(|a| a.started > returned)
+                .count()
+                >= more
+        },
     );
     let after: Vec<Attempt> = log
         .lock()
@@ -324,7 +338,9 @@ fn a_preempted_host_writes_nothing_after_the_preempt_returns() {
         let (b, stop, log) = (Arc::clone(&s.b), Arc::clone(&stop), Arc::clone(&log));
         std::thread::spawn(move || writer(b, stop, log))
     };
-    wait_for("B writing", Duration::from_secs(20), || good_writes(&log) >= 10);
+    wait_for("B writing", Duration::from_secs(20), || {
+        good_writes(&log) >= 10
+    });
     // Hold B's next write inside its medium: in flight when A preempts.
     let (started_tx, started) = mpsc::channel();
     let (release, release_rx) = mpsc::channel();
@@ -349,7 +365,11 @@ fn a_preempted_host_writes_nothing_after_the_preempt_returns() {
         panic!("A's PREEMPT returned while B's write was in flight: {r:?}");
     }
     // B's lease is alive: A is waiting for B's acknowledgement, not for an expiry.
-    assert!(s.observer.lease_remaining(s.b.fence.lease_id()).unwrap().is_some());
+    assert!(s
+        .observer
+        .lease_remaining(s.b.fence.lease_id())
+        .unwrap()
+        .is_some());
     release.send(()).unwrap();
     let returned = done
         .recv_timeout(lease_timing().ack_wait() + Duration::from_secs(10))
@@ -358,24 +378,35 @@ fn a_preempted_host_writes_nothing_after_the_preempt_returns() {
     assert_eq!(r.status, Status::GOOD, "{r:?}");
     // The held write landed before the PREEMPT returned.
     let lba = (held % REGION) as usize;
-    assert_eq!(region(&s.path)[lba], (b'B', held), "the held block is in the file");
-    let after = nothing_from_b_after(&s, &log, returned, 20);
+    assert_eq!(
+        region(&s.path)[lba],
+        (b'B', held),
+        "the held block is in the file"
+    );
+    nothing_from_b_after(&s, &log, returned, 20);
     // After the held write, B reports the preemption once, then conflicts (a command may
     // also meet B's renewal round not done yet: the held drain kept B's view unsettled, and
     // B refuses media I/O then, LOGICAL UNIT COMMUNICATION FAILURE).
-    wait_for("B conflicting after the preemption", Duration::from_secs(30), || {
-        log.lock()
-            .unwrap()
-            .iter()
-            .any(|a| a.started > returned && a.status == Status::RESERVATION_CONFLICT)
-    });
+    wait_for(
+        "B conflicting after the preemption",
+        Duration::from_secs(30),
+        || {
+            log.lock()
+                .unwrap()
+                .iter()
+                .any(|a| a.started > returned && a.status == Status::RESERVATION_CONFLICT)
+        },
+    );
     let log_now = log.lock().unwrap().clone();
     let since_held: Vec<&Attempt> = log_now.iter().filter(|a| a.n > held).collect();
     let ua = since_held
         .iter()
         .filter(|a| a.sense == Some(REGISTRATIONS_PREEMPTED))
         .count();
-    assert_eq!(ua, 1, "REGISTRATIONS PREEMPTED reported once: {since_held:?}");
+    assert_eq!(
+        ua, 1,
+        "REGISTRATIONS PREEMPTED reported once: {since_held:?}"
+    );
     for a in &since_held {
         assert_ne!(a.status, Status::GOOD, "{a:?}");
     }
@@ -395,7 +426,9 @@ fn a_partitioned_host_writes_nothing_after_the_preempt_returns() {
         let (b, stop, log) = (Arc::clone(&s.b), Arc::clone(&stop), Arc::clone(&log));
         std::thread::spawn(move || writer(b, stop, log))
     };
-    wait_for("B writing", Duration::from_secs(20), || good_writes(&log) >= 10);
+    wait_for("B writing", Duration::from_secs(20), || {
+        good_writes(&log) >= 10
+    });
     let b_lease = s.b.fence.lease_id();
     for p in &s.proxies {
         p.cut();
@@ -410,7 +443,8 @@ fn a_partitioned_host_writes_nothing_after_the_preempt_returns() {
             log.lock().unwrap().iter().any(|a| {
                 a.started > cut
                     && a.status == Status::CHECK_CONDITION
-                    && a.sense.is_some_and(|(_, asc, ascq)| (asc, ascq) == (0x08, 0x00))
+                    && a.sense
+                        .is_some_and(|(_, asc, ascq)| (asc, ascq) == (0x08, 0x00))
             })
         },
     );
@@ -431,22 +465,29 @@ fn a_partitioned_host_writes_nothing_after_the_preempt_returns() {
         p.heal();
     }
     let healed = Instant::now();
-    wait_for(
-        "B under a new lease",
-        Duration::from_secs(30),
-        || s.b.fence.grants() >= 2 && s.b.fence.media_allowed(),
-    );
-    wait_for("B conflicting after the heal", Duration::from_secs(30), || {
-        log.lock()
-            .unwrap()
-            .iter()
-            .any(|a| a.started > healed && a.status == Status::RESERVATION_CONFLICT)
+    wait_for("B under a new lease", Duration::from_secs(30), || {
+        s.b.fence.grants() >= 2 && s.b.fence.media_allowed()
     });
+    wait_for(
+        "B conflicting after the heal",
+        Duration::from_secs(30),
+        || {
+            log.lock()
+                .unwrap()
+                .iter()
+                .any(|a| a.started > healed && a.status == Status::RESERVATION_CONFLICT)
+        },
+    );
     stop.store(true, Ordering::SeqCst);
     w.join().unwrap();
     let log = log.lock().unwrap();
     for a in log.iter().filter(|a| a.started > returned) {
-        assert_ne!(a.status, Status::GOOD, "B's block {} after the preemption", a.n);
+        assert_ne!(
+            a.status,
+            Status::GOOD,
+            "B's block {} after the preemption",
+            a.n
+        );
     }
     assert!(log
         .iter()

@@ -535,7 +535,8 @@ impl Shared {
 }
 
 /// This host's lease and the watch that keeps its served units current (see the module
-/// documentation). Dropped, it stops media I/O, stops renewing and revokes the lease.
+/// documentation). Dropped, it stops media I/O, stops renewing, waits the margin and revokes
+/// the lease (a target should close its units, draining them, before).
 pub struct HostFence {
     shared: Arc<Shared>,
     store: Arc<EtcdStore>,
@@ -693,6 +694,9 @@ impl Drop for HostFence {
         self.shared.send(Apply::Stop);
         drop(self.applier.take());
         // Revoked, other hosts need not wait for its expiry (bounded; it expires anyway).
+        // Not before the margin has passed: a command admitted just before media I/O stopped
+        // may still be writing, and the margin is the bound on that, as for an expiry.
+        std::thread::sleep(self.shared.timing.margin);
         let mut lease = self.shared.parts.client.lease_client();
         let id = self.shared.lease_id();
         let wait = self.shared.parts.request_timeout;

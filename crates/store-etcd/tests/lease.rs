@@ -333,8 +333,14 @@ fn a_fencing_command_waits_for_a_partitioned_hosts_lease_to_run_out() {
         "B's view is current first"
     );
     assert!(h.b.grants() >= 2);
-    let acks = h.lu_a.acknowledgements().unwrap();
-    assert_eq!(acks.get(h.b.host()).copied(), Some(h.unit_b.revision()));
+    wait_for(
+        "B acknowledging the preemption under its new lease",
+        Duration::from_secs(10),
+        || {
+            let acks = h.lu_a.acknowledgements().unwrap();
+            acks.get(h.b.host()).is_some_and(|&r| r >= c.revision)
+        },
+    );
 }
 
 #[test]

@@ -29,9 +29,9 @@ const FILE_BLOCKS: u64 = 256;
 
 fn lease_timing() -> LeaseTiming {
     LeaseTiming {
-        ttl: Duration::from_secs(3),
+        ttl: Duration::from_secs(4),
         renew_every: Duration::from_millis(500),
-        margin: Duration::from_secs(1),
+        margin: Duration::from_millis(1500),
         drift: 0.01,
     }
 }
@@ -320,8 +320,24 @@ fn nothing_from_b_after(
         "a block of B's reached the file after A's PREEMPT returned"
     );
     for lba in 0..REGION {
-        let r = s.a.cmd(&write10(lba), &block(b'A', lba));
-        assert_eq!(r.status, Status::GOOD, "A's write at {lba}: {r:?}");
+        // A may refuse for a moment when a renewal round of its own is late (a loaded
+        // machine): LOGICAL UNIT COMMUNICATION FAILURE, then it serves again.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let r = s.a.cmd(&write10(lba), &block(b'A', lba));
+            if r.status == Status::GOOD {
+                break;
+            }
+            let lease = r
+                .sense
+                .is_some_and(|x| (x.code.asc, x.code.ascq) == (0x08, 0x00));
+            assert!(
+                lease && Instant::now() < deadline,
+                "A's write at {lba}: {r:?} (A's fence: {:?})",
+                s.a.fence.last_error()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
     after
 }

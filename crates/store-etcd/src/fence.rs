@@ -218,21 +218,7 @@ impl Shared {
     }
 
     fn decode(&self, lu: &LuId, kv: &etcd_client::KeyValue) -> Result<LogicalUnit, String> {
-        if kv.value().len() > MAX_VALUE_LEN {
-            return Err(format!(
-                "{lu}: the stored value has {} bytes, more than {MAX_VALUE_LEN}",
-                kv.value().len()
-            ));
-        }
-        let v: Stored =
-            serde_json::from_slice(kv.value()).map_err(|e| format!("{lu}: corrupt value: {e}"))?;
-        if v.format > FORMAT {
-            return Err(format!(
-                "{lu}: stored format {} is newer than {FORMAT}",
-                v.format
-            ));
-        }
-        Ok(v.state)
+        decode_state(kv.value()).map_err(|e| format!("{lu}: {e}"))
     }
 
     fn send(&self, job: Apply) {
@@ -831,11 +817,7 @@ async fn read_acks(
             continue;
         }
         // A value that is not a revision acknowledges nothing.
-        let rev = std::str::from_utf8(kv.value())
-            .ok()
-            .and_then(|v| v.parse::<i64>().ok())
-            .unwrap_or(-1);
-        m.insert(host, rev);
+        m.insert(host, parse_ack(kv.value()).unwrap_or(-1));
     }
     Ok((m, r.header().map(|h| h.revision()).unwrap_or(0)))
 }
@@ -892,10 +874,7 @@ async fn wait_round(
                     pending.remove(&host);
                 }
                 EventType::Put => {
-                    let rev = std::str::from_utf8(kv.value())
-                        .ok()
-                        .and_then(|v| v.parse::<i64>().ok())
-                        .unwrap_or(-1);
+                    let rev = parse_ack(kv.value()).unwrap_or(-1);
                     if rev >= revision {
                         pending.remove(&host);
                     }
@@ -906,6 +885,38 @@ async fn wait_round(
             return Ok(true);
         }
     }
+}
+
+/// A logical unit's state from its etcd value (written by any host: hostile bytes): at most
+/// [`MAX_VALUE_LEN`] bytes of JSON in a format this build understands, whose state keeps the
+/// engine's invariants.
+pub fn decode_state(value: &[u8]) -> Result<LogicalUnit, String> {
+    if value.len() > MAX_VALUE_LEN {
+        return Err(format!(
+            "the stored value has {} bytes, more than {MAX_VALUE_LEN}",
+            value.len()
+        ));
+    }
+    let v: Stored = serde_json::from_slice(value).map_err(|e| format!("corrupt value: {e}"))?;
+    if v.format > FORMAT {
+        return Err(format!(
+            "stored format {} is newer than {FORMAT}, which this pr-helper understands",
+            v.format
+        ));
+    }
+    v.state
+        .check_invariants()
+        .map_err(|e| format!("the stored state is inconsistent: {e}"))?;
+    Ok(v.state)
+}
+
+/// An acknowledgement's value: a revision in decimal, at most 20 bytes; anything else is
+/// `None` (it acknowledges nothing).
+pub fn parse_ack(value: &[u8]) -> Option<i64> {
+    if value.is_empty() || value.len() > 20 || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(value).ok()?.parse().ok()
 }
 
 /// Whether going from `before` to `after` can take media access away from some I_T nexus:

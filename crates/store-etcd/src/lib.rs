@@ -11,6 +11,10 @@
 //! answer comes from a value etcd confirmed current (a linearizable transaction), never from
 //! the cached guess alone. See docs/etcd.md.
 //!
+//! [`fence`] is the host side of cross-host fencing: a lease kept alive, media I/O allowed
+//! only while it is known valid by this host's monotonic clock, a watch that keeps served
+//! units current, and acknowledgements other hosts wait for.
+//!
 //! Also here, for tests and benchmarks: [`cluster`] (etcd members on loopback), [`proxy`] (a
 //! TCP proxy a test can cut, as a network partition), [`history`] (recorded concurrent
 //! commands) and [`linearizability`] (a checker with the engine as the model).
@@ -19,6 +23,7 @@
 
 pub mod cluster;
 mod config;
+pub mod fence;
 pub mod history;
 pub mod linearizability;
 pub mod proxy;
@@ -28,4 +33,4 @@ pub mod workload;
 
 pub use config::{EtcdConfig, TlsFiles, TlsPem, MAX_ENDPOINTS, MAX_PREFIX_LEN};
 pub use record::{ClientEntry, RecordedOutcome, Stored, FORMAT, MAX_CLIENTS};
-pub use store::{EtcdStatistics, EtcdStore, MAX_IMPORT, MAX_VALUE_LEN};
+pub use store::{Committed, EtcdStatistics, EtcdStore, MAX_IMPORT, MAX_VALUE_LEN};

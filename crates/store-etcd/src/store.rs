@@ -88,7 +88,22 @@ struct Job {
     params: Vec<u8>,
     config: EngineConfig,
     deadline: Instant,
-    answer: tokio::sync::oneshot::Sender<Result<Outcome, StoreError>>,
+    answer: tokio::sync::oneshot::Sender<Result<Committed, StoreError>>,
+}
+
+/// A command's outcome with where it stands in etcd's order ([`EtcdStore::execute_committed`]).
+#[derive(Debug, Clone)]
+pub struct Committed {
+    /// The engine's outcome.
+    pub outcome: Outcome,
+    /// The logical unit key's mod_revision after the transaction that carried the command (or
+    /// that confirmed the state it ran on): the revision other hosts acknowledge.
+    pub revision: i64,
+    /// The state the command ran on; `None` when the command was answered from the record of
+    /// an earlier attempt (its prior state is not known any more).
+    pub before: Option<LogicalUnit>,
+    /// The state at `revision` (after every command of the transaction).
+    pub after: LogicalUnit,
 }
 
 /// Most commands in one transaction.
@@ -299,6 +314,22 @@ impl EtcdStore {
         params: &[u8],
         config: &EngineConfig,
     ) -> Result<Outcome, StoreError> {
+        self.execute_committed(seq, lu, nexus, cdb, params, config)
+            .map(|c| c.outcome)
+    }
+
+    /// [`EtcdStore::execute_as`], also answering the revision the command committed at (or
+    /// was confirmed current at) and the states around it: what a host needs to fence other
+    /// hosts' media access ([`crate::fence`]).
+    pub fn execute_committed(
+        &self,
+        seq: u64,
+        lu: &LuId,
+        nexus: &Nexus,
+        cdb: &[u8],
+        params: &[u8],
+        config: &EngineConfig,
+    ) -> Result<Committed, StoreError> {
         self.inner.lock_in_flight().insert(seq);
         let ctx = Ctx::new(&self.inner, lu);
         let lane = self.inner.lane(lu);
@@ -377,6 +408,75 @@ impl EtcdStore {
                     ),
                 })
             })
+    }
+
+    /// Reports the first unit attention pending for `nexus` on `lu` (as a command of `class`
+    /// would) and clears it, by compare-and-swap on the current state, not on a cached copy:
+    /// the access decision and the state that results, as etcd holds it now.
+    pub fn admit(
+        &self,
+        lu: &LuId,
+        nexus: &Nexus,
+        class: pr_engine::CommandClass,
+    ) -> Result<(pr_engine::Access, LogicalUnit), StoreError> {
+        let last: Arc<Mutex<Option<(pr_engine::Access, LogicalUnit)>>> = Arc::default();
+        let l = Arc::clone(&last);
+        let nexus = nexus.clone();
+        self.modify(lu, "reporting a unit attention", move |v, _| {
+            let a = v.state.admit(&nexus, class);
+            let after = a.state.clone().unwrap_or_else(|| v.state.clone());
+            *l.lock().unwrap_or_else(PoisonError::into_inner) = Some((a.access, after));
+            a.state.map(Some)
+        })?;
+        let r = last.lock().unwrap_or_else(PoisonError::into_inner).take();
+        r.ok_or_else(|| {
+            StoreError::server(
+                &self.inner.describe,
+                Some(lu),
+                "reporting a unit attention",
+                "no state was read",
+            )
+        })
+    }
+
+    /// The time a lease has left in etcd (`None`: it expired or was revoked), by etcd's own
+    /// answer; for operators and tests watching a host's lease from elsewhere.
+    pub fn lease_remaining(&self, id: i64) -> Result<Option<Duration>, StoreError> {
+        let mut lease = self.inner.client.lease_client();
+        let inner = Arc::clone(&self.inner);
+        let wait = self.inner.config.request_timeout;
+        self.block(wait, async move {
+            match tokio::time::timeout(wait, lease.time_to_live(id, None)).await {
+                Ok(Ok(r)) if r.ttl() >= 0 => Ok(Some(Duration::from_secs(r.ttl() as u64))),
+                Ok(Ok(_)) => Ok(None),
+                Ok(Err(e)) => Err(StoreError::server(
+                    &inner.describe,
+                    None,
+                    "reading a lease",
+                    e.to_string(),
+                )),
+                Err(_) => Err(StoreError::unavailable(
+                    &inner.describe,
+                    None,
+                    "reading a lease",
+                    wait,
+                    "no answer",
+                )),
+            }
+        })
+    }
+
+    /// What [`crate::fence`] needs of the store: its client, runtime, key prefix, identity and
+    /// request bound.
+    pub(crate) fn parts(&self) -> crate::fence::StoreParts {
+        crate::fence::StoreParts {
+            client: self.inner.client.clone(),
+            runtime: self.runtime.handle().clone(),
+            prefix: self.inner.config.prefix.clone(),
+            describe: self.inner.describe.clone(),
+            client_id: self.inner.client_id.clone(),
+            request_timeout: self.inner.config.request_timeout,
+        }
     }
 
     /// The state-changing operations other than execute: read-modify-write by compare-and-swap.
@@ -615,7 +715,7 @@ impl Ctx {
         }
     }
 
-    async fn execute_batch(&self, batch: &[Job]) -> Vec<Result<Outcome, StoreError>> {
+    async fn execute_batch(&self, batch: &[Job]) -> Vec<Result<Committed, StoreError>> {
         let deadline = batch
             .iter()
             .map(|j| j.deadline)
@@ -658,6 +758,7 @@ impl Ctx {
             // Each command sees the state the one before it left.
             let mut state = seen.value.state.clone();
             let mut outcomes = Vec::with_capacity(batch.len());
+            let mut befores = Vec::with_capacity(batch.len());
             let mut records = Vec::new();
             let mut deduplicated = 0;
             for job in batch {
@@ -666,8 +767,10 @@ impl Ctx {
                     // second application.
                     deduplicated += 1;
                     outcomes.push(r.outcome(seen.value.state.clone()));
+                    befores.push(None);
                     continue;
                 }
+                befores.push(Some(state.clone()));
                 let o = state.execute(&job.nexus, &job.cdb, &job.params, &job.config);
                 if let Some(next) = &o.state {
                     state = next.clone();
@@ -697,8 +800,20 @@ impl Ctx {
                     let c = &self.inner.counters;
                     c.deduplicated.fetch_add(deduplicated, Ordering::Relaxed);
                     let value = next.unwrap_or(seen.value);
+                    let after = value.state.clone();
                     self.inner.remember(&self.lu, Seen { revision, value });
-                    return outcomes.into_iter().map(Ok).collect();
+                    return outcomes
+                        .into_iter()
+                        .zip(befores)
+                        .map(|(outcome, before)| {
+                            Ok(Committed {
+                                outcome,
+                                revision,
+                                before,
+                                after: after.clone(),
+                            })
+                        })
+                        .collect();
                 }
                 Ok(Cas::Conflict(now)) => current = Some(now),
                 Ok(Cas::Failed(e)) => {

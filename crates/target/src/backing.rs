@@ -31,6 +31,12 @@ pub enum BackingError {
          on one medium could not fence each other's writes, so pr-target refuses to share it"
     )]
     Locked { path: String },
+    #[error(
+        "{path} is locked exclusively by another process (a pr-target serving it with a \
+         local store?): a shared logical unit can be served by several pr-targets only when \
+         every one of them fences through etcd"
+    )]
+    LockedExclusive { path: String },
     #[error("{path} is neither a regular file nor a block device")]
     Kind { path: String },
 }
@@ -39,6 +45,17 @@ impl Backing {
     /// Opens `path` (read-only when `read_only`) and takes an exclusive `flock` on it for as
     /// long as it is open.
     pub fn open(path: &Path, read_only: bool) -> Result<Backing, BackingError> {
+        Backing::open_locked(path, read_only, false)
+    }
+
+    /// Opens `path` for a logical unit shared across hosts through etcd: a *shared* `flock`,
+    /// so that several pr-targets fencing each other through etcd may serve it while a
+    /// pr-target with a local store (which takes it exclusively) may not.
+    pub fn open_shared(path: &Path, read_only: bool) -> Result<Backing, BackingError> {
+        Backing::open_locked(path, read_only, true)
+    }
+
+    fn open_locked(path: &Path, read_only: bool, shared: bool) -> Result<Backing, BackingError> {
         let name = path.display().to_string();
         let open_err = |source| BackingError::Open {
             path: name.clone(),
@@ -53,8 +70,13 @@ impl Backing {
         if !ft.is_file() && !ft.is_block_device() {
             return Err(BackingError::Kind { path: name });
         }
-        flock(&file, FlockOperation::NonBlockingLockExclusive)
-            .map_err(|_| BackingError::Locked { path: name.clone() })?;
+        if shared {
+            flock(&file, FlockOperation::NonBlockingLockShared)
+                .map_err(|_| BackingError::LockedExclusive { path: name.clone() })?;
+        } else {
+            flock(&file, FlockOperation::NonBlockingLockExclusive)
+                .map_err(|_| BackingError::Locked { path: name.clone() })?;
+        }
         let len = file.seek(SeekFrom::End(0)).map_err(open_err)?;
         Ok(Backing {
             file,

@@ -8,17 +8,29 @@
 //! that lost access. So no command of a nexus starts after the PR OUT that took its access
 //! away has returned, and none of its commands is still running then (docs/target.md).
 //!
-//! The cached state is authoritative because the process holds an exclusive lock on the
-//! backing ([`crate::backing::Backing::open`]): no other pr-target serves this LU, and every
-//! change (PR OUT, a reported unit attention) is written to the store before the gate opens.
+//! With a local store (SQLite) the cached state is authoritative because the process holds an
+//! exclusive lock on the backing ([`crate::backing::Backing::open`]): no other pr-target serves
+//! this LU, and every change (PR OUT, a reported unit attention) is written to the store before
+//! the gate opens.
+//!
+//! A *shared* LU ([`FencedLu::new_shared`], on the etcd store) is served by several pr-targets
+//! on several hosts at once (a shared lock, [`crate::backing::Backing::open_shared`]). Its
+//! cached state is kept current by the host's [`pr_store_etcd::fence::HostFence`], which calls
+//! [`SharedLu::apply`] for every change another host commits (the gate is taken and the I/O
+//! the new state refuses drained before the change is acknowledged in etcd). Media I/O runs
+//! only while the host's lease is known valid (one atomic load under the gate, no etcd round
+//! trip), and a PR OUT that takes access away returns only once every other host serving the
+//! LU has acknowledged it or lost its lease (docs/etcd.md).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 use std::time::Duration;
 
 use pr_engine::{Access, CommandClass, EngineConfig, Nexus, Reply, SenseData};
 use pr_scsi::SenseCode;
 use pr_store::{LuId, Store, StoreError};
+use pr_store_etcd::fence::{takes_access_away, HostFence, LuFence, SharedLu};
+use pr_store_etcd::EtcdStore;
 use tracing::{error, warn};
 
 use crate::scsi::cdb::Command;
@@ -61,6 +73,14 @@ pub struct FencedLu<D> {
     slots: Vec<NexusSlot>,
     drain: Mutex<()>,
     drained: Condvar,
+    /// Shared across hosts (etcd): media I/O needs `fence` and a valid lease.
+    shared: bool,
+    fence: OnceLock<LuFence>,
+    /// The etcd revision of the gate's state (shared LUs; changed only under the gate).
+    revision: AtomicI64,
+    /// The latest revision whose state the gate holds *and* whose refused I/O has drained:
+    /// what this host acknowledges ([`SharedLu::revision`]), never ahead of the drain.
+    settled: AtomicI64,
 }
 
 impl<D> std::fmt::Debug for FencedLu<D> {
@@ -105,7 +125,24 @@ impl<D: BlockDevice> FencedLu<D> {
             slots: Vec::new(),
             drain: Mutex::new(()),
             drained: Condvar::new(),
+            shared: false,
+            fence: OnceLock::new(),
+            revision: AtomicI64::new(0),
+            settled: AtomicI64::new(0),
         })
+    }
+
+    /// An LU named `name` in the etcd `store`, shared with pr-targets on other hosts. It serves
+    /// no media I/O until [`FencedLu::share`] has put it under the host's fence.
+    pub fn new_shared(
+        name: LuId,
+        disk: DiskServer<D>,
+        store: Arc<EtcdStore>,
+        engine: EngineConfig,
+    ) -> Result<FencedLu<D>, StoreError> {
+        let mut lu = FencedLu::new(name, disk, store, engine)?;
+        lu.shared = true;
+        Ok(lu)
     }
 
     /// Makes `nexus` known to the LU (before it is shared); the same nexus twice is one slot.
@@ -160,22 +197,52 @@ impl<D: BlockDevice> FencedLu<D> {
         }
         let counter = {
             let mut gate = self.lock_gate();
-            match gate.access(&s.nexus, class) {
-                Access::Allowed => {}
-                Access::ReservationConflict => return Reply::conflict(),
-                Access::UnitAttention(_) => {
-                    let admission = gate.admit(&s.nexus, class);
-                    if let Some(next) = admission.state {
-                        if let Err(e) = self.store.import(&self.name, &next) {
-                            error!(
-                                "{}: cannot record a reported unit attention: {e}",
-                                self.name
-                            );
+            // A shared LU touches the medium only while the host's lease is known valid (its
+            // view of the LU is current then too): a local check, no etcd round trip.
+            if self.shared
+                && class_index(class).is_some()
+                && !self.fence.get().is_some_and(LuFence::media_allowed)
+            {
+                return store_failure();
+            }
+            loop {
+                match gate.access(&s.nexus, class) {
+                    Access::Allowed => break,
+                    Access::ReservationConflict => return Reply::conflict(),
+                    Access::UnitAttention(_) if self.shared => {
+                        // Cleared by compare-and-swap on etcd's current state, never by
+                        // overwriting it with this host's copy.
+                        let Some(f) = self.fence.get() else {
                             return store_failure();
+                        };
+                        match f.admit(&s.nexus, class) {
+                            Ok((access, now)) => {
+                                *gate = now;
+                                if let Some(r) = access.reply() {
+                                    return r;
+                                }
+                                // Reported meanwhile: decide again on the current state.
+                            }
+                            Err(e) => {
+                                error!("{}: cannot report a unit attention: {e}", self.name);
+                                return store_failure();
+                            }
                         }
-                        *gate = next;
                     }
-                    return admission.access.reply().unwrap_or_else(store_failure);
+                    Access::UnitAttention(_) => {
+                        let admission = gate.admit(&s.nexus, class);
+                        if let Some(next) = admission.state {
+                            if let Err(e) = self.store.import(&self.name, &next) {
+                                error!(
+                                    "{}: cannot record a reported unit attention: {e}",
+                                    self.name
+                                );
+                                return store_failure();
+                            }
+                            *gate = next;
+                        }
+                        return admission.access.reply().unwrap_or_else(store_failure);
+                    }
                 }
             }
             class_index(class).map(|i| {
@@ -194,6 +261,9 @@ impl<D: BlockDevice> FencedLu<D> {
     }
 
     fn persistent_reserve(&self, s: &NexusSlot, cdb: &[u8], params: &[u8]) -> Reply {
+        if self.shared {
+            return self.persistent_reserve_shared(s, cdb, params);
+        }
         let mut gate = self.lock_gate();
         let outcome = match self
             .store
@@ -205,8 +275,8 @@ impl<D: BlockDevice> FencedLu<D> {
                 return store_failure();
             }
         };
-        match outcome.state {
-            Some(next) => *gate = next,
+        match &outcome.state {
+            Some(next) => *gate = next.clone(),
             // Nothing changed here; pick up what an operator may have changed with pr-ctl.
             None => match self.store.load(&self.name) {
                 Ok(Some(stored)) => *gate = stored,
@@ -214,9 +284,14 @@ impl<D: BlockDevice> FencedLu<D> {
                 Err(e) => warn!("{}: cannot reload the state: {e}", self.name),
             },
         }
-        // Before answering, every nexus that lost access, or whose commands in flight the new
-        // state would refuse, must have none running. The gate stays closed meanwhile, so
-        // none can start.
+        self.drain_local(&gate, &outcome);
+        outcome.reply
+    }
+
+    /// Before a PR OUT answers, every local nexus that lost access, or whose commands in
+    /// flight the new state would refuse, must have none running. The gate stays closed
+    /// meanwhile (`gate` is its guard), so none can start.
+    fn drain_local(&self, gate: &pr_engine::LogicalUnit, outcome: &pr_engine::Outcome) {
         for slot in &self.slots {
             let named = outcome.access_lost.contains(&slot.nexus)
                 || outcome.tasks_to_abort.contains(&slot.nexus);
@@ -228,7 +303,64 @@ impl<D: BlockDevice> FencedLu<D> {
                 self.wait_idle(slot);
             }
         }
-        outcome.reply
+    }
+
+    /// PR IN/OUT on a shared LU: one compare-and-swap in etcd, the local drain under the gate,
+    /// then, with the gate open again (other hosts' acknowledgements go through their gates,
+    /// and this host's applier through this one), the wait for every other host serving the
+    /// LU when the command took access away.
+    fn persistent_reserve_shared(&self, s: &NexusSlot, cdb: &[u8], params: &[u8]) -> Reply {
+        let Some(f) = self.fence.get() else {
+            error!("{}: not under the host's fence yet", self.name);
+            return store_failure();
+        };
+        let mut gate = self.lock_gate();
+        let c = match f.execute(&s.nexus, cdb, params, &self.engine) {
+            Ok(c) => c,
+            Err(e) => {
+                error!("{}: the store cannot run the command: {e}", self.name);
+                return store_failure();
+            }
+        };
+        let newer = c.revision > self.revision.load(Ordering::Acquire);
+        if newer {
+            *gate = c.after.clone();
+            self.revision.store(c.revision, Ordering::Release);
+        }
+        self.drain_local(&gate, &c.outcome);
+        if newer {
+            self.settled.fetch_max(c.revision, Ordering::AcqRel);
+        }
+        drop(gate);
+        // A command answered from the record of an earlier attempt (no `before`) waits too.
+        let took = c.outcome.state.as_ref().is_some_and(|after| {
+            c.before
+                .as_ref()
+                .is_none_or(|before| takes_access_away(before, after))
+        });
+        if took {
+            if let Err(e) = f.wait_acks(c.revision) {
+                // The change stands in etcd; the initiator learns that it is not confirmed
+                // (a retry finds it applied and waits again).
+                error!("{}: {e}", self.name);
+                return store_failure();
+            }
+        }
+        c.outcome.reply
+    }
+
+    /// Puts a shared LU under the host's fence: its current state is read from etcd and
+    /// applied, and media I/O is served from then on while the host's lease is valid.
+    pub fn share(self: &Arc<Self>, host: &HostFence) -> Result<(), StoreError>
+    where
+        D: 'static,
+    {
+        let me: Weak<dyn SharedLu> = Arc::downgrade(self) as Weak<dyn SharedLu>;
+        let f = host.serve(&self.name, me)?;
+        if self.fence.set(f).is_err() {
+            warn!("{}: already shared; keeping the first fence", self.name);
+        }
+        Ok(())
     }
 
     fn wait_idle(&self, slot: &NexusSlot) {
@@ -261,6 +393,38 @@ impl<D: BlockDevice> FencedLu<D> {
     /// The cached engine state (for tests and logs).
     pub fn state(&self) -> pr_engine::LogicalUnit {
         self.lock_gate().clone()
+    }
+}
+
+impl<D: BlockDevice + 'static> SharedLu for FencedLu<D> {
+    fn revision(&self) -> i64 {
+        self.settled.load(Ordering::Acquire)
+    }
+
+    /// Another host's change (or this host's own, seen again through the watch): the gate
+    /// is taken, the state replaced, and every local nexus that lost its registration or
+    /// whose commands in flight the new state refuses is drained before this returns (and the
+    /// fence acknowledges).
+    fn apply(&self, revision: i64, state: pr_engine::LogicalUnit) {
+        let mut gate = self.lock_gate();
+        if revision <= self.revision.load(Ordering::Acquire) {
+            return;
+        }
+        let old = std::mem::replace(&mut *gate, state);
+        self.revision.store(revision, Ordering::Release);
+        for slot in &self.slots {
+            let lost =
+                old.registration(&slot.nexus).is_some() && gate.registration(&slot.nexus).is_none();
+            let refused = CLASSES.iter().enumerate().any(|(i, &c)| {
+                slot.in_flight[i].load(Ordering::Acquire) > 0
+                    && !gate.reservation_allows(&slot.nexus, c)
+            });
+            if lost || refused {
+                self.wait_idle(slot);
+            }
+        }
+        // Only now may the fence acknowledge it.
+        self.settled.fetch_max(revision, Ordering::AcqRel);
     }
 }
 

@@ -7,8 +7,9 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use pr_engine::EngineConfig;
-use pr_store::{SqliteOptions, Store, StoreError};
-use pr_store_config::StoreSelection;
+use pr_store::{SqliteOptions, StoreError};
+use pr_store_config::{OpenedStore, StoreSelection};
+use pr_store_etcd::fence::{HostFence, LeaseTiming};
 use tracing::{error, info};
 use vhost::vhost_user::Listener;
 use vhost_user_backend::VhostUserDaemon;
@@ -62,36 +63,54 @@ pub enum StartError {
 pub struct Server {
     units: Vec<Arc<FencedLu<Backing>>>,
     threads: Vec<JoinHandle<()>>,
+    /// This host's lease on each etcd store; dropped after the LUs are closed (the fence
+    /// revokes the lease only once media I/O has stopped).
+    _fences: Vec<HostFence>,
 }
 
 impl Server {
     /// Opens every store and LU (each backing locked) and starts listening on every socket.
+    /// An LU on an etcd store is shared with the pr-targets of other hosts: its backing is
+    /// locked shared (each of those processes may serve it), and its media I/O runs under this
+    /// host's lease fence (docs/etcd.md), one per etcd store, started here.
     pub fn start(config: &Config) -> Result<Server, StartError> {
         // Each distinct store opened once, shared by its logical units.
-        let mut stores: Vec<(&StoreSelection, Arc<dyn Store>)> = Vec::new();
+        let mut stores: Vec<(&StoreSelection, OpenedStore)> = Vec::new();
+        let mut fences: Vec<(&StoreSelection, HostFence)> = Vec::new();
         let mut units = Vec::new();
         for l in &config.lus {
-            let store = match stores.iter().find(|(s, _)| *s == &l.store) {
+            let store_error = |source| StartError::Store {
+                store: l.store.to_string(),
+                source: Box::new(source),
+            };
+            let opened = match stores.iter().find(|(s, _)| *s == &l.store) {
                 Some((_, s)) => s.clone(),
                 None => {
                     let s = l
                         .store
                         .open(SqliteOptions::default())
-                        .map_err(|source| StartError::Store {
-                            store: l.store.to_string(),
-                            source: Box::new(source),
-                        })?
-                        .store();
+                        .map_err(store_error)?;
                     info!("store {} open", l.store);
+                    if let OpenedStore::Etcd(etcd) = &s {
+                        let fence = HostFence::start(etcd.clone(), LeaseTiming::default())
+                            .map_err(store_error)?;
+                        info!("store {}: this host's lease fence started", l.store);
+                        fences.push((&l.store, fence));
+                    }
                     stores.push((&l.store, s.clone()));
                     s
                 }
             };
-            let backing =
-                Backing::open(&l.path, l.read_only).map_err(|source| StartError::Backing {
-                    lu: l.name.to_string(),
-                    source,
-                })?;
+            let shared = matches!(opened, OpenedStore::Etcd(_));
+            let open = if shared {
+                Backing::open_shared
+            } else {
+                Backing::open
+            };
+            let backing = open(&l.path, l.read_only).map_err(|source| StartError::Backing {
+                lu: l.name.to_string(),
+                source,
+            })?;
             let identity = DiskIdentity {
                 vendor: l.vendor,
                 product: l.product,
@@ -108,13 +127,17 @@ impl Server {
                     block_size: l.block_size,
                 });
             }
-            let lu = FencedLu::new(l.name.clone(), disk, store, EngineConfig::default()).map_err(
-                |source| StartError::Store {
-                    store: l.store.to_string(),
-                    source: Box::new(source),
-                },
-            )?;
-            units.push(lu);
+            let engine = EngineConfig::default();
+            let lu = match &opened {
+                OpenedStore::Etcd(etcd) => {
+                    FencedLu::new_shared(l.name.clone(), disk, etcd.clone(), engine)
+                }
+                OpenedStore::Sqlite(_) => {
+                    FencedLu::new(l.name.clone(), disk, opened.store(), engine)
+                }
+            }
+            .map_err(store_error)?;
+            units.push((lu, shared.then_some(&l.store)));
         }
         // Attach every socket's nexus before the LUs are shared.
         let mut slots = Vec::new();
@@ -122,11 +145,30 @@ impl Server {
             let m: BTreeMap<u16, (usize, _)> = s
                 .luns
                 .iter()
-                .map(|(&lun, &i)| (lun, (i, units[i].attach(s.nexus.clone()))))
+                .map(|(&lun, &i)| (lun, (i, units[i].0.attach(s.nexus.clone()))))
                 .collect();
             slots.push(m);
         }
-        let units: Vec<Arc<FencedLu<Backing>>> = units.into_iter().map(Arc::new).collect();
+        let mut shared = Vec::new();
+        for (lu, store) in units {
+            let lu = Arc::new(lu);
+            if let Some(store) = store {
+                let (_, fence) = fences
+                    .iter()
+                    .find(|(s, _)| *s == store)
+                    .expect("every etcd store has its fence");
+                lu.share(fence).map_err(|source| StartError::Store {
+                    store: store.to_string(),
+                    source: Box::new(source),
+                })?;
+                info!(
+                    "{}: shared with other hosts under the lease fence",
+                    lu.name()
+                );
+            }
+            shared.push(lu);
+        }
+        let units = shared;
         let mut threads = Vec::new();
         for (s, m) in config.sockets.iter().zip(slots) {
             let luns = m
@@ -155,7 +197,11 @@ impl Server {
                 s.nexus.relative_target_port.0
             );
         }
-        Ok(Server { units, threads })
+        Ok(Server {
+            units,
+            threads,
+            _fences: fences.into_iter().map(|(_, f)| f).collect(),
+        })
     }
 
     /// Stops admitting commands, waits for those in flight and flushes every medium. The

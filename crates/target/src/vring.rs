@@ -185,7 +185,11 @@ mod tests {
             "enabling the ring did not re-kick it"
         );
         v.set_queue_ready(false);
-        assert_eq!(counter(&mut kicked), 0, "marking the queue not ready kicked it");
+        assert_eq!(
+            counter(&mut kicked),
+            0,
+            "marking the queue not ready kicked it"
+        );
         v.set_queue_ready(true);
         assert_eq!(
             counter(&mut kicked),

@@ -343,3 +343,81 @@ fn the_etcd_client_works_under_the_seccomp_filter_through_a_partition() {
     // Killed by the filter: SIGSYS (31).
     assert!(status.success() && passed, "{status:?}: {err}");
 }
+
+#[test]
+fn two_hosts_serve_one_backing_file_on_etcd_each_under_its_lease_fence() {
+    // Two pr-target processes ("hv-a" and "hv-b") on one backing file and one etcd store: an
+    // etcd LU is shared, so each locks the file shared and starts its lease fence; a SQLite
+    // LU would refuse the second process (the exclusive lock, tests/target.rs).
+    let cluster = Cluster::start(3, timing()).expect("etcd cluster");
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("disk.img");
+    std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+    let start = |host: &str| {
+        let conf = format!(
+            r#"store = {{ kind = "etcd", endpoints = [{e}], prefix = "/two-hosts/", host_id = "{host}" }}
+
+[[lu]]
+name = "d0"
+path = "{disk}"
+naa = "5001405abcdef013"
+serial = "S1"
+
+[[socket]]
+path = "{d}/{host}.sock"
+initiator = "iqn.2026-12.org.test:{host}"
+luns = {{ 0 = "d0" }}
+"#,
+            e = list(&cluster.endpoints()),
+            disk = disk.display(),
+            d = dir.path().display(),
+        );
+        let path = dir.path().join(format!("{host}.toml"));
+        std::fs::write(&path, conf).unwrap();
+        let log = std::fs::File::create(dir.path().join(format!("{host}.log"))).unwrap();
+        Command::new(BIN)
+            .arg("--config")
+            .arg(&path)
+            .stderr(log)
+            .spawn()
+            .unwrap()
+    };
+    let log_of = |host: &str| {
+        std::fs::read_to_string(dir.path().join(format!("{host}.log"))).unwrap_or_default()
+    };
+    let mut a = start("hv-a");
+    let mut b = start("hv-b");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for (host, t) in [("hv-a", &mut a), ("hv-b", &mut b)] {
+        while !log_of(host).contains("ready") {
+            assert!(
+                Instant::now() < deadline,
+                "{host} not ready within 60 s: {}",
+                log_of(host)
+            );
+            assert!(
+                t.try_wait().unwrap().is_none(),
+                "{host} exited: {}",
+                log_of(host)
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let log = log_of(host);
+        assert!(log.contains("lease fence started"), "{host}: {log}");
+        assert!(
+            log.contains("d0: shared with other hosts under the lease fence"),
+            "{host}: {log}"
+        );
+    }
+    for (host, t) in [("hv-a", &mut a), ("hv-b", &mut b)] {
+        let pid = rustix::process::Pid::from_raw(t.id() as i32).unwrap();
+        rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+        let status = t.wait().unwrap();
+        assert!(status.success(), "{host}: {status:?}: {}", log_of(host));
+        assert!(
+            log_of(host).contains("clean shutdown"),
+            "{host}: {}",
+            log_of(host)
+        );
+    }
+}

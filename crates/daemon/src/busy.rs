@@ -1,8 +1,8 @@
-//! Busy connections: each with a thread of its own up to a bound, beyond it served by pollers.
+//! Busy connections: the first few with a thread of their own, the rest served by pollers.
 //!
 //! A connection with a request to serve leaves its task (server.rs) for a turn. While fewer
-//! than `--connection-threads` (256 by default) connections have one, it gets a thread of its own (`dedicated`): the
-//! thread reads, runs and answers the request with blocking calls, then sleeps in recvmsg on
+//! than `--connection-threads` (one per CPU by default) connections have one, it gets a
+//! thread of its own (`dedicated`): the thread reads, runs and answers the request with blocking calls, then sleeps in recvmsg on
 //! that socket, so the kernel wakes exactly that thread, on the CPU of the client that wrote (a
 //! synchronous wake-up), and no request is handed from one thread to another. Beyond the bound
 //! a connection joins one epoll set (one-shot registrations) watched by a few poller threads,
@@ -59,8 +59,7 @@ pub(crate) struct Busy {
     served: AtomicU64,
     /// Connections in a turn on a thread of their own, and the most there may be. Such a
     /// thread costs the stack pages its requests touch (a few KiB of the 128 KiB reserved) and
-    /// ends after `LINGER` without a request; QEMU keeps one connection per pr-manager object,
-    /// so a host rarely has more busy ones than the default bound (256).
+    /// ends after `LINGER` without a request.
     dedicated: AtomicUsize,
     max_dedicated: usize,
     joined: Notify,

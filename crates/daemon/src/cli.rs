@@ -111,14 +111,16 @@ pub struct Cli {
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_connections: u32,
 
-    /// Most busy connections served each by a thread of its own. Such a thread reads, runs and
-    /// answers its connection's requests with blocking calls, so the kernel wakes exactly it
-    /// (the lowest latency, no hand-off per request); it ends after 200 ms without a request.
-    /// Busy connections beyond this share poller threads (one per CPU, more while commands
-    /// hang). 0: pollers only.
-    #[arg(long = "connection-threads", value_name = "N", default_value_t = 256,
+    /// Most busy connections served each by a thread of its own [default: one per CPU, at
+    /// most 4]. Such a thread reads, runs and answers its connection's requests with blocking
+    /// calls, so the kernel wakes exactly it (no hand-off per request); it ends after 200 ms
+    /// without a request. Busy connections beyond this share poller threads (one per CPU,
+    /// more while commands hang), which under load go from one connection's request to the
+    /// next without sleeping: on a 2-CPU host they served 16 and 64 busy clients faster than a
+    /// thread each did (docs/performance.md). 0: pollers only.
+    #[arg(long = "connection-threads", value_name = "N",
           value_parser = clap::value_parser!(u32).range(0..=4096))]
-    pub connection_threads: u32,
+    pub connection_threads: Option<u32>,
 }
 
 /// How the seccomp filter treats a syscall outside the allow-list.
@@ -284,7 +286,10 @@ impl TryFrom<Cli> for Config {
             sgio_timeout: Duration::from_secs(cli.sgio_timeout.into()),
             io_timeout: Duration::from_secs(cli.io_timeout.into()),
             max_connections: cli.max_connections as usize,
-            connection_threads: cli.connection_threads as usize,
+            connection_threads: cli.connection_threads.map_or_else(
+                || std::thread::available_parallelism().map_or(2, |n| n.get().min(4)),
+                |n| n as usize,
+            ),
             devices,
         })
     }

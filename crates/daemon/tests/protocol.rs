@@ -405,10 +405,10 @@ fn daemon_threads(pid: u32) -> Vec<(String, String)> {
 }
 
 #[test]
-fn busy_connections_get_threads_of_their_own_by_default() {
-    // Eight clients sending back to back: each connection gets its own thread (the default
-    // bound is 256), and no poller is needed while none of them hangs.
-    let h = Helper::ours(&[]);
+fn busy_connections_get_threads_of_their_own_up_to_the_bound() {
+    // Eight clients sending back to back under --connection-threads 8: each connection gets
+    // its own thread, and no poller is needed while none of them hangs.
+    let h = Helper::ours(&["--connection-threads", "8"]);
     let lo = LoopDevice::new();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let clients: Vec<_> = (0..8)

@@ -144,4 +144,23 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
         let _ = request;
         false
     }
+
+    /// Whether [`Backend::execute_later`] returns before `request` is answered (the store
+    /// commits it in the background). The server then sends the reply from the completion and
+    /// the thread that read the request goes on to the next one. False by default.
+    fn answers_later(&self, request: &PrRequest<'_>) -> bool {
+        let _ = request;
+        false
+    }
+
+    /// [`Backend::execute`], answered through `done` rather than returned: when
+    /// [`Backend::answers_later`] says so, `done` is called exactly once, later, on a thread
+    /// of the backend, and must neither block nor panic. The device's descriptor is not used
+    /// after this returns. The default executes here and calls `done` before returning.
+    fn execute_later(&self, device: &Device<'_>, request: &PrRequest<'_>, done: Completion) {
+        done(self.execute(device, request));
+    }
 }
+
+/// Where [`Backend::execute_later`] sends the reply.
+pub type Completion = Box<dyn FnOnce(Result<Reply, BackendError>) + Send>;

@@ -7,9 +7,12 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
-use pr_backend::{Device, Dispatcher, PrRequest, Route};
+use std::sync::Arc;
+
+use pr_backend::{Backend, BackendError, Device, Dispatcher, PrRequest, Route};
 use pr_proto::{Direction, Reply, RequestHeader, CDB_SIZE};
 use pr_scsi::{PrOutCdb, Status};
+use pr_sys::device::FileKind;
 use rustix::fs::OFlags;
 use tracing::{debug, info, warn};
 
@@ -90,6 +93,22 @@ pub(crate) fn end_turn(stream: UnixStream) -> Turn {
     }
 }
 
+/// A request read whole from a connection.
+pub(crate) struct Request {
+    fd: OwnedFd,
+    header: RequestHeader,
+    parameters: Vec<u8>,
+}
+
+/// What reading a connection between requests found.
+pub(crate) enum Incoming {
+    Request(Request),
+    /// No request (within `LINGER` when waiting).
+    Nothing,
+    /// The client closed the connection between requests.
+    Closed,
+}
+
 /// Reads one request, runs it and writes the reply. With `wait`, waits at most `LINGER` for the
 /// request; without, returns `Nothing` at once when none is there.
 pub(crate) fn serve_one(
@@ -100,11 +119,32 @@ pub(crate) fn serve_one(
     socket: usize,
     before_waiting: &dyn Fn(),
 ) -> Result<Served, ConnectionError> {
+    let request = match read_request(stream, io_timeout, wait)? {
+        Incoming::Request(r) => r,
+        Incoming::Nothing => return Ok(Served::Nothing),
+        Incoming::Closed => return Ok(Served::Closed),
+    };
+    let header = request.header;
+    let reply = match route(dispatcher, &request) {
+        Routing::Run(routed) => run(routed, request, socket, before_waiting),
+        Routing::Refused(reply) => reply,
+    };
+    write_reply(stream, &header, reply, io_timeout)?;
+    Ok(Served::Reply)
+}
+
+/// Reads one request: the header with its descriptor, then the parameter list. With `wait`,
+/// waits at most `LINGER` for it; without, returns `Nothing` at once when none is there.
+pub(crate) fn read_request(
+    stream: &UnixStream,
+    io_timeout: Duration,
+    wait: bool,
+) -> Result<Incoming, ConnectionError> {
     let mut fd = None;
     let mut cdb = [0u8; CDB_SIZE];
     match read_exact_with_fd(stream, io_timeout, &mut cdb, &mut fd, true, true, wait)? {
-        Read::Eof => return Ok(Served::Closed),
-        Read::Nothing => return Ok(Served::Nothing),
+        Read::Eof => return Ok(Incoming::Closed),
+        Read::Nothing => return Ok(Incoming::Nothing),
         Read::Full => {}
     }
     let Some(fd) = fd else {
@@ -129,14 +169,40 @@ pub(crate) fn serve_one(
             return Err(ConnectionError::Truncated);
         }
     }
-    let mut reply = execute(dispatcher, fd, header, parameters, socket, before_waiting);
-    reply.clamp_to(&header);
+    Ok(Incoming::Request(Request {
+        fd,
+        header,
+        parameters,
+    }))
+}
+
+/// The reply to `header`, clamped to its allocation length, as it goes on the wire.
+pub(crate) fn encode_reply(header: &RequestHeader, mut reply: Reply) -> Vec<u8> {
+    reply.clamp_to(header);
+    reply.encode()
+}
+
+/// Writes the reply to `header` (the socket's send timeout bounds a client that stops reading).
+fn write_reply(
+    stream: &UnixStream,
+    header: &RequestHeader,
+    reply: Reply,
+    io_timeout: Duration,
+) -> Result<(), ConnectionError> {
+    write_all(stream, &encode_reply(header, reply), io_timeout)
+}
+
+/// Writes `bytes` with blocking calls; the socket's send timeout bounds each.
+pub(crate) fn write_all(
+    stream: &UnixStream,
+    bytes: &[u8],
+    io_timeout: Duration,
+) -> Result<(), ConnectionError> {
     let mut out = stream;
-    out.write_all(&reply.encode()).map_err(|e| match e.kind() {
+    out.write_all(bytes).map_err(|e| match e.kind() {
         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => ConnectionError::Stalled(io_timeout),
         _ => ConnectionError::Io(e),
-    })?;
-    Ok(Served::Reply)
+    })
 }
 
 /// Fills `buf` from the socket, collecting at most one descriptor into `fd` when
@@ -213,54 +279,125 @@ fn set_nonblocking(stream: &UnixStream, nonblocking: bool) -> io::Result<()> {
     Ok(())
 }
 
-/// Checks the descriptor, then runs the command on this thread (it may block on a hung device:
-/// only this connection waits).
-fn execute(
-    dispatcher: &Dispatcher,
-    fd: OwnedFd,
-    header: RequestHeader,
-    parameters: Vec<u8>,
+/// A request's descriptor checked, and the backend that is to run it.
+pub(crate) struct Routed {
+    backend: Arc<dyn Backend>,
+    kind: FileKind,
+}
+
+/// Where a request goes.
+pub(crate) enum Routing {
+    /// To its backend.
+    Run(Routed),
+    /// Nowhere: the descriptor was refused, and this is the reply.
+    Refused(Reply),
+}
+
+/// Checks the request's descriptor and chooses its backend.
+pub(crate) fn route(dispatcher: &Dispatcher, request: &Request) -> Routing {
+    match dispatcher.route(request.fd.as_fd(), &request.header) {
+        Route::Immediate { reply, reason } => {
+            // Info, not warn: a client can send these as fast as it likes.
+            info!("refused {}: {reason}", describe(&request.header));
+            Routing::Refused(reply)
+        }
+        Route::Execute { backend, device } => Routing::Run(Routed {
+            backend,
+            kind: device.kind,
+        }),
+    }
+}
+
+impl Request {
+    fn for_backend(&self, socket: usize) -> PrRequest<'_> {
+        PrRequest {
+            header: &self.header,
+            parameters: &self.parameters,
+            socket,
+        }
+    }
+
+    pub(crate) fn header(&self) -> &RequestHeader {
+        &self.header
+    }
+}
+
+impl Routed {
+    /// Whether the backend answers `request` later ([`Backend::answers_later`]).
+    pub(crate) fn answers_later(&self, request: &Request, socket: usize) -> bool {
+        self.backend.answers_later(&request.for_backend(socket))
+    }
+}
+
+/// Runs the command on this thread (it may block on a hung device: only this connection
+/// waits).
+pub(crate) fn run(
+    routed: Routed,
+    request: Request,
     socket: usize,
     before_waiting: &dyn Fn(),
 ) -> Reply {
-    let (backend, kind) = match dispatcher.route(fd.as_fd(), &header) {
-        Route::Immediate { reply, reason } => {
-            // Info, not warn: a client can send these as fast as it likes.
-            info!("refused {}: {reason}", describe(&header));
-            return reply;
-        }
-        Route::Execute { backend, device } => (backend, device.kind),
-    };
+    let Routed { backend, kind } = routed;
     let device = Device {
-        fd: fd.as_fd(),
+        fd: request.fd.as_fd(),
         kind,
     };
-    let request = PrRequest {
-        header: &header,
-        parameters: &parameters,
-        socket,
-    };
-    if backend.waits_for_company(&request) {
+    let pr = request.for_backend(socket);
+    if backend.waits_for_company(&pr) {
         before_waiting();
     }
-    let result = backend.execute(&device, &request);
+    let result = backend.execute(&device, &pr);
     // The device descriptor is closed here, once the command has run (the last close of a block
     // device flushes it, which a hung device would block too).
-    drop(fd);
+    drop(request.fd);
+    finish(&request.header, kind, backend.name(), result)
+}
+
+/// Starts the command on a backend that answers later ([`Routed::answers_later`]):
+/// `answered` gets the reply on the backend's thread.
+pub(crate) fn run_later(
+    routed: Routed,
+    request: Request,
+    socket: usize,
+    answered: impl FnOnce(Reply) + Send + 'static,
+) {
+    let Routed { backend, kind } = routed;
+    let device = Device {
+        fd: request.fd.as_fd(),
+        kind,
+    };
+    let header = request.header;
+    let name = backend.name();
+    backend.execute_later(
+        &device,
+        &request.for_backend(socket),
+        Box::new(move |result| answered(finish(&header, kind, name, result))),
+    );
+    // Such a backend does no device I/O: the descriptor only named the device.
+    drop(request.fd);
+}
+
+/// The reply to send for the backend's result, with its log line.
+fn finish(
+    header: &RequestHeader,
+    kind: FileKind,
+    backend: &'static str,
+    result: Result<Reply, BackendError>,
+) -> Reply {
     // Formatted only when a line is written.
     let dev = DeviceName(kind.dev());
     let reply = match result {
         Ok(r) => r,
         Err(e) => {
-            warn!("{} on {dev}: {e}", describe(&header));
+            warn!("{} on {dev}: {e}", describe(header));
             e.to_reply()
         }
     };
     let outcome = outcome(&reply);
     if header.direction == Direction::Out {
-        info!(device = %dev, backend = backend.name(), "{}: {outcome}", describe(&header));
+        info!(device = %dev, backend, "{}: {outcome}", describe(header));
     } else {
-        debug!(device = %dev, backend = backend.name(), "{}: {outcome}, {} bytes", describe(&header), reply.data.len());
+        debug!(device = %dev, backend, "{}: {outcome}, {} bytes", describe(header), reply.data.len());
     }
     reply
 }

@@ -29,7 +29,10 @@ use rustix::event::Timespec;
 use tokio::sync::{oneshot, Notify};
 use tracing::warn;
 
-use crate::active::{self, ConnectionError, Served, Turn, LINGER};
+use pr_proto::{Reply, RequestHeader};
+use rustix::net::SendFlags;
+
+use crate::active::{self, ConnectionError, Incoming, Routing, Served, Turn, LINGER};
 
 /// Stack of each poller thread: only the pages a request touches become resident.
 const STACK_SIZE: usize = 128 * 1024;
@@ -297,7 +300,7 @@ impl Busy {
                 spare_capacity(&mut events),
                 extra.then_some(&EXTRA_IDLE),
             );
-            let others_waiting = self.waiting.fetch_sub(1, Ordering::AcqRel) - 1;
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
             match r {
                 Ok(_) => {}
                 Err(rustix::io::Errno::INTR) => continue,
@@ -314,11 +317,6 @@ impl Busy {
                 continue;
             };
             self.serve(event.data.u64());
-            self.served.fetch_add(1, Ordering::AcqRel);
-            // A poller started while others were stuck ends once enough are free again.
-            if others_waiting >= self.wanted && self.retire() {
-                return;
-            }
         }
     }
 
@@ -361,14 +359,86 @@ impl Busy {
         let Some((stream, socket)) = taken else {
             return;
         };
-        let result = active::serve_one(
-            &stream,
-            &self.dispatcher,
-            self.io_timeout,
-            false,
-            socket,
-            &|| self.keep_one_waiting(),
-        );
+        let request = match active::read_request(&stream, self.io_timeout, false) {
+            Ok(Incoming::Request(r)) => r,
+            Ok(Incoming::Nothing) => {
+                return self.served(index, generation, stream, Ok(Served::Nothing))
+            }
+            Ok(Incoming::Closed) => {
+                return self.served(index, generation, stream, Ok(Served::Closed))
+            }
+            Err(e) => return self.served(index, generation, stream, Err(e)),
+        };
+        let header = *request.header();
+        let reply = match active::route(&self.dispatcher, &request) {
+            // The store commits it in the background: its writer sends the reply, and this
+            // poller goes on to the next request, which may join the same commit.
+            Routing::Run(routed) if routed.answers_later(&request, socket) => {
+                let busy = Arc::clone(self);
+                active::run_later(routed, request, socket, move |reply| {
+                    busy.answer_later(index, generation, stream, &header, reply)
+                });
+                return;
+            }
+            Routing::Run(routed) => {
+                active::run(routed, request, socket, &|| self.keep_one_waiting())
+            }
+            Routing::Refused(reply) => reply,
+        };
+        let bytes = active::encode_reply(&header, reply);
+        let result = active::write_all(&stream, &bytes, self.io_timeout).map(|()| Served::Reply);
+        self.served(index, generation, stream, result);
+    }
+
+    /// Sends a reply that came later, on the store's writer thread, which must not wait: at
+    /// once when the socket takes it (it does unless the client stopped reading its replies),
+    /// else from a thread of its own under the send timeout.
+    fn answer_later(
+        self: Arc<Self>,
+        index: usize,
+        generation: u32,
+        stream: UnixStream,
+        header: &RequestHeader,
+        reply: Reply,
+    ) {
+        let bytes = active::encode_reply(header, reply);
+        let sent =
+            match rustix::net::send(&stream, &bytes, SendFlags::DONTWAIT | SendFlags::NOSIGNAL) {
+                Ok(n) => n,
+                Err(rustix::io::Errno::AGAIN) => 0,
+                Err(e) => {
+                    return self.served(index, generation, stream, Err(io::Error::from(e).into()))
+                }
+            };
+        if sent == bytes.len() {
+            return self.served(index, generation, stream, Ok(Served::Reply));
+        }
+        let busy = Arc::clone(&self);
+        let spawned = std::thread::Builder::new()
+            .name("pr-helper-reply".into())
+            .stack_size(STACK_SIZE)
+            .spawn(move || {
+                let result = active::write_all(&stream, &bytes[sent..], busy.io_timeout)
+                    .map(|()| Served::Reply);
+                busy.served(index, generation, stream, result);
+            });
+        if let Err(e) = spawned {
+            warn!("cannot start a thread to write a reply: {e}");
+            // The closure, and with it the stream, is gone: the connection is closed.
+            self.leave(key(index as u32, generation), Err(e.into()));
+        }
+    }
+
+    /// After a readiness event was served: the connection goes back into the set, or leaves it.
+    fn served(
+        &self,
+        index: usize,
+        generation: u32,
+        stream: UnixStream,
+        result: Result<Served, ConnectionError>,
+    ) {
+        self.served.fetch_add(1, Ordering::AcqRel);
+        let k = key(index as u32, generation);
         let result = match result {
             Ok(Served::Reply) if self.shutdown.load(Ordering::Acquire) => Ok(Served::Closed),
             r => r,

@@ -6,6 +6,7 @@
 mod common;
 
 use std::fs::File;
+use std::io::Write;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -53,6 +54,11 @@ fn emulate_config(dir: &Path, lo: &LoopDevice, db: &Path, extra: &str) -> PathBu
 /// Our daemon on `socket` (which may be in a directory laid out like libvirt's), as nobody,
 /// with its log (-v) in `log`.
 fn start_at(socket: &Path, config: &Path, log: &Path) -> Helper {
+    start_with(socket, config, log, &[])
+}
+
+/// [`start_at`] with more arguments.
+fn start_with(socket: &Path, config: &Path, log: &Path, extra: &[&str]) -> Helper {
     raise_nofile();
     std::fs::create_dir_all(socket.parent().unwrap()).unwrap();
     let child = Command::new(our_helper())
@@ -61,6 +67,7 @@ fn start_at(socket: &Path, config: &Path, log: &Path) -> Helper {
         .arg("--config")
         .arg(config)
         .args(["-u", "nobody", "-g", "nogroup", "-v"])
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(File::create(log).unwrap())
@@ -205,6 +212,143 @@ fn register_reserve_and_read_through_pr_client_and_other_devices_keep_sg_io() {
         log.contains("do not stop a fenced VM's writes (QEMU writes to the device itself)"),
         "{log}"
     );
+}
+
+/// With no connection threads every request is read by the pollers, and each PR OUT is
+/// answered from the store's writer once its commit is durable (the poller goes on to the next
+/// request meanwhile). Many clients at once: every command is answered, GOOD, exactly once,
+/// and every one is in the state, before and after a restart.
+#[test]
+fn pr_outs_answered_from_the_commit_by_the_pollers_are_all_answered_and_durable() {
+    const CLIENTS: u64 = 16;
+    const EACH: u64 = 40;
+    const REGISTER_AND_IGNORE: u8 = 0x06;
+    let store = store_dir();
+    let lo = LoopDevice::new();
+    let db = store.path().join("reservations.db");
+    let cfg = emulate_config(store.path(), &lo, &db, "");
+    let log = store.path().join("log");
+    let sock = store.path().join("run/pollers.sock");
+    let mut h = start_with(&sock, &cfg, &log, &["--connection-threads", "0"]);
+    let workers: Vec<_> = (0..CLIENTS)
+        .map(|i| {
+            let socket = h.socket.clone();
+            let dev = lo.open(true);
+            std::thread::spawn(move || {
+                let mut c =
+                    Client::connect_with_timeout(&socket, Some(std::time::Duration::from_secs(30)))
+                        .unwrap();
+                for n in 0..EACH {
+                    let r = c
+                        .execute(
+                            dev.as_fd(),
+                            &cdb(&[0x5f, REGISTER_AND_IGNORE, 0, 0, 0, 0, 0, 0, 24, 0]),
+                            &params(0, (i << 32) | (n + 1)),
+                        )
+                        .unwrap_or_else(|e| panic!("client {i}, command {n}: {e}"));
+                    assert_eq!(r.status, Status::GOOD, "client {i}, command {n}: {r:?}");
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().unwrap();
+    }
+    // No thread of its own served a connection: the pollers read every request.
+    let names: Vec<String> = thread_status(h.pid()).into_iter().map(|(n, _)| n).collect();
+    assert!(!names.iter().any(|n| n == "pr-helper-conn"), "{names:?}");
+    // Every REGISTER AND IGNORE EXISTING KEY that succeeds increments PRGENERATION (SPC-4
+    // §6.16.2); all came through one socket, one I_T nexus, so one registration remains.
+    let expect_generation = (CLIENTS * EACH) as u32;
+    let dev = lo.open(true);
+    let check = |c: &mut Client| {
+        let r = read_keys(c, &dev);
+        assert_eq!(r.status, Status::GOOD);
+        assert_eq!(r.data[..4], expect_generation.to_be_bytes(), "{:?}", r.data);
+        assert_eq!(r.data[4..8], 8u32.to_be_bytes(), "one key: {:?}", r.data);
+    };
+    check(&mut Client::connect(&h.socket).unwrap());
+    assert_eq!(h.signal_and_wait(libc::SIGTERM).code(), Some(0));
+    let h = start_with(&sock, &cfg, &log, &["--connection-threads", "0"]);
+    check(&mut Client::connect(&h.socket).unwrap());
+}
+
+/// The replies the store's writer sends must never wait for a client: one that sends PR OUTs
+/// and stops reading the replies gets them from a thread of its own once its socket is full,
+/// while another client's commands are committed and answered. The I/O timeout is an hour, so
+/// a writer held up by the first client would leave the second unanswered (its client gives up
+/// after 30 s and the test fails).
+#[test]
+fn a_client_that_stops_reading_replies_holds_up_no_other_commit() {
+    const REGISTER_AND_IGNORE: u8 = 0x06;
+    let store = store_dir();
+    let lo = LoopDevice::new();
+    let db = store.path().join("reservations.db");
+    let cfg = emulate_config(store.path(), &lo, &db, "");
+    let log = store.path().join("log");
+    let sock = store.path().join("run/stall.sock");
+    let h = start_with(
+        &sock,
+        &cfg,
+        &log,
+        &["--connection-threads", "0", "--io-timeout", "3600"],
+    );
+    let mut greedy = Conn::connect(&h.socket);
+    let greedy_stream = greedy.stream.try_clone().unwrap();
+    let dev = lo.open(true);
+    let sender = std::thread::spawn(move || {
+        let cdb = pr_out(REGISTER_AND_IGNORE, 0, 24);
+        let mut sent = 0u64;
+        // Never reads: blocks once the daemon stops reading it, until the socket is shut down.
+        while greedy.send(&cdb, &[dev.as_fd()]).is_ok()
+            && greedy.stream.write_all(&params(0, sent + 1)).is_ok()
+        {
+            sent += 1;
+        }
+        sent
+    });
+    let reply_threads = |h: &Helper| {
+        thread_status(h.pid())
+            .into_iter()
+            .filter(|(n, _)| n == "pr-helper-reply")
+            .count()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while reply_threads(&h) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no reply was handed to a thread of its own in 60 s: the client's socket never filled"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // The other client's commands go through the same writer meanwhile.
+    let dev = lo.open(true);
+    let mut c =
+        Client::connect_with_timeout(&h.socket, Some(std::time::Duration::from_secs(30))).unwrap();
+    for n in 0..20u64 {
+        let r = c
+            .execute(
+                dev.as_fd(),
+                &cdb(&[0x5f, REGISTER_AND_IGNORE, 0, 0, 0, 0, 0, 0, 24, 0]),
+                &params(0, 0x5000 + n),
+            )
+            .unwrap_or_else(|e| panic!("command {n} while another client stalls: {e}"));
+        assert_eq!(r.status, Status::GOOD);
+    }
+    assert_eq!(reply_threads(&h), 1, "the stalled reply is still waiting");
+    // The stalled client goes away: its reply thread fails and ends.
+    greedy_stream.shutdown(std::net::Shutdown::Both).unwrap();
+    drop(greedy_stream);
+    let sent = sender.join().unwrap();
+    assert!(sent > 0);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while reply_threads(&h) != 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the reply thread of a closed connection did not end in 60 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }
 
 #[test]

@@ -25,6 +25,9 @@ pub use sqlite::{SqliteOptions, SqliteStore, Statistics, SCHEMA_VERSION};
 
 use pr_engine::{EngineConfig, LogicalUnit, Nexus, Outcome};
 
+/// Where [`Store::execute_later`] sends its answer.
+pub type Completion = Box<dyn FnOnce(Result<Outcome, StoreError>) + Send>;
+
 /// Where the persistent-reservation state of emulated logical units lives. Every method is one
 /// atomic transaction on the store; implementations serialise the commands of one logical
 /// unit across threads and processes.
@@ -42,6 +45,30 @@ pub trait Store: Send + Sync {
         params: &[u8],
         config: &EngineConfig,
     ) -> Result<Outcome, StoreError>;
+
+    /// [`Store::execute`], answered through `done` rather than returned. A store that commits
+    /// in the background ([`Store::answers_later`]) queues the command and returns at once;
+    /// `done` is then called exactly once, on a thread of the store, when the outcome is
+    /// durable (or the command failed), and must neither block nor panic: it holds up the
+    /// commands committed with it. The default runs [`Store::execute`] here and calls `done`
+    /// before returning.
+    fn execute_later(
+        &self,
+        lu: &LuId,
+        nexus: &Nexus,
+        cdb: &[u8],
+        params: &[u8],
+        config: &EngineConfig,
+        done: Completion,
+    ) {
+        done(self.execute(lu, nexus, cdb, params, config));
+    }
+
+    /// Whether [`Store::execute_later`] returns before the command is answered. False by
+    /// default.
+    fn answers_later(&self) -> bool {
+        false
+    }
 
     /// The stored state of `lu`, or `None` when the store has none.
     fn load(&self, lu: &LuId) -> Result<Option<LogicalUnit>, StoreError>;

@@ -497,3 +497,94 @@ fn a_read_only_store_reads_and_writes_nothing() {
     let e = SqliteStore::open_read_only(dir.path().join("missing.db")).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Open);
 }
+
+/// `execute_later` queues a PR OUT for the writer and returns; the completion is called once,
+/// on the writer's thread, when the command is durable: a second store on the file sees it.
+/// Commands queued together share commits, and a completion that panics leaves the writer
+/// serving.
+#[test]
+fn execute_later_answers_from_the_writer_once_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pr.db");
+    let lu = lu();
+    let s = SqliteStore::open(&path).unwrap();
+    assert!(s.answers_later());
+    let caller = std::thread::current().id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    const N: u32 = 50;
+    for n in 1..=N {
+        let tx = tx.clone();
+        s.execute_later(
+            &lu,
+            &nexus(n),
+            &pr_out(REGISTER, 0),
+            &basic(0, u64::from(n), 0),
+            &config(),
+            Box::new(move |r| {
+                tx.send((n, std::thread::current().id(), r)).unwrap();
+            }),
+        );
+    }
+    // A completion that panics: its command is committed, the writer goes on.
+    s.execute_later(
+        &lu,
+        &nexus(N + 1),
+        &pr_out(REGISTER, 0),
+        &basic(0, u64::from(N + 1), 0),
+        &config(),
+        Box::new(|_| panic!("a completion that panics")),
+    );
+    let mut answered = Vec::new();
+    for _ in 0..N {
+        let (n, thread, r) = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("every completion is called within 30 s");
+        assert_ne!(thread, caller, "answered on the writer's thread");
+        assert_eq!(status(&r.unwrap()), GOOD);
+        answered.push(n);
+    }
+    answered.sort_unstable();
+    assert_eq!(answered, (1..=N).collect::<Vec<_>>());
+    // The writer still serves, and everything answered is in the file.
+    assert_eq!(status(&register(&s, &lu, N + 2, 0x9999, 0)), GOOD);
+    let other = SqliteStore::open_read_only(&path).unwrap();
+    let state = other.load(&lu).unwrap().unwrap();
+    assert_eq!(state.registrants.len(), N as usize + 2);
+    let stats = s.statistics();
+    assert_eq!(stats.applied, u64::from(N) + 2);
+    assert!(stats.transactions <= stats.applied);
+    // Nothing is called twice.
+    assert!(rx.try_recv().is_err());
+    drop(tx);
+
+    // A PR IN is answered at once, on the caller's thread (the fast path).
+    let (tx, rx) = std::sync::mpsc::channel();
+    s.execute_later(
+        &lu,
+        &nexus(1),
+        &pr_in(READ_KEYS, 8),
+        &[],
+        &config(),
+        Box::new(move |r| tx.send((std::thread::current().id(), r)).unwrap()),
+    );
+    let (thread, r) = rx
+        .try_recv()
+        .expect("answered before execute_later returned");
+    assert_eq!(thread, caller);
+    // PRGENERATION: one increment per registration (SPC-4 §6.16.2).
+    assert_eq!(r.unwrap().reply.data[..4], (N + 2).to_be_bytes());
+
+    // A read-only store answers a PR OUT's completion with the refusal, before returning.
+    assert!(!other.answers_later());
+    let (tx, rx) = std::sync::mpsc::channel();
+    other.execute_later(
+        &lu,
+        &nexus(1),
+        &pr_out(REGISTER, 0),
+        &basic(1, 2, 0),
+        &config(),
+        Box::new(move |r| tx.send(r).unwrap()),
+    );
+    let e = rx.try_recv().expect("answered at once").unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::ReadOnly, "{e}");
+}

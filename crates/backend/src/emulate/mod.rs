@@ -21,7 +21,7 @@ use pr_store::{LuId, Store};
 use pr_sys::device::DevNum;
 use tracing::warn;
 
-use crate::{Backend, BackendError, Device, PrRequest};
+use crate::{Backend, BackendError, Completion, Device, PrRequest};
 
 /// Answers PR IN/OUT from the store's state of the logical unit configured for the device.
 pub struct EmulateBackend {
@@ -100,21 +100,9 @@ impl Backend for EmulateBackend {
     }
 
     fn execute(&self, device: &Device<'_>, request: &PrRequest<'_>) -> Result<Reply, BackendError> {
-        let Some(lu) = device.kind.dev().and_then(|d| self.units.get(&d)) else {
-            warn!(
-                "emulate: the {} is no emulated logical unit; name it in --config \
-                 ([[device]] with backend = \"emulate\" and lu = \"NAME\")",
-                device.kind.describe()
-            );
-            return Ok(Reply::check_condition(
-                SenseCode::LOGICAL_UNIT_NOT_SUPPORTED.to_fixed(),
-            ));
-        };
-        let Some(nexus) = self.nexuses.get(request.socket) else {
-            return Err(BackendError::Unavailable {
-                backend: "emulate",
-                reason: format!("no initiator is configured for socket {}", request.socket),
-            });
+        let (lu, nexus) = match self.target(device, request) {
+            Ok(t) => t,
+            Err(answer) => return *answer,
         };
         let outcome = self
             .store
@@ -125,11 +113,71 @@ impl Backend for EmulateBackend {
                 request.parameters,
                 &self.config,
             )
-            .map_err(|source| BackendError::Store {
-                lu: lu.to_string(),
-                source: Box::new(source),
-            })?;
+            .map_err(|source| store_error(lu, source))?;
         Ok(to_wire(outcome.reply))
+    }
+
+    /// A PR OUT, when the store commits in the background: the reply is sent from the store's
+    /// writer once the batch is durable.
+    fn answers_later(&self, request: &PrRequest<'_>) -> bool {
+        self.waits_for_company(request) && self.store.answers_later()
+    }
+
+    fn execute_later(&self, device: &Device<'_>, request: &PrRequest<'_>, done: Completion) {
+        let (lu, nexus) = match self.target(device, request) {
+            Ok(t) => t,
+            Err(answer) => return done(*answer),
+        };
+        let owned = lu.clone();
+        self.store.execute_later(
+            lu,
+            nexus,
+            &request.header.cdb,
+            request.parameters,
+            &self.config,
+            Box::new(move |result| {
+                done(
+                    result
+                        .map(|outcome| to_wire(outcome.reply))
+                        .map_err(|source| store_error(&owned, source)),
+                )
+            }),
+        );
+    }
+}
+
+impl EmulateBackend {
+    /// The emulated logical unit of `device` and the initiator of the request's socket, or the
+    /// answer for a device or socket without one.
+    fn target(
+        &self,
+        device: &Device<'_>,
+        request: &PrRequest<'_>,
+    ) -> Result<(&LuId, &Nexus), Box<Result<Reply, BackendError>>> {
+        let Some(lu) = device.kind.dev().and_then(|d| self.units.get(&d)) else {
+            warn!(
+                "emulate: the {} is no emulated logical unit; name it in --config \
+                 ([[device]] with backend = \"emulate\" and lu = \"NAME\")",
+                device.kind.describe()
+            );
+            return Err(Box::new(Ok(Reply::check_condition(
+                SenseCode::LOGICAL_UNIT_NOT_SUPPORTED.to_fixed(),
+            ))));
+        };
+        let Some(nexus) = self.nexuses.get(request.socket) else {
+            return Err(Box::new(Err(BackendError::Unavailable {
+                backend: "emulate",
+                reason: format!("no initiator is configured for socket {}", request.socket),
+            })));
+        };
+        Ok((lu, nexus))
+    }
+}
+
+fn store_error(lu: &LuId, source: pr_store::StoreError) -> BackendError {
+    BackendError::Store {
+        lu: lu.to_string(),
+        source: Box::new(source),
     }
 }
 

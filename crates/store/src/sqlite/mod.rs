@@ -27,7 +27,7 @@ use pr_engine::{EngineConfig, LogicalUnit, Nexus, Outcome};
 use rusqlite::{Connection, ErrorCode, OptionalExtension};
 
 pub use schema::SCHEMA_VERSION;
-use writer::{Answer, Job, Op};
+use writer::{Answer, Job, Op, Responder};
 
 use crate::error::StoreError;
 use crate::lu_id::LuId;
@@ -170,8 +170,23 @@ impl SqliteStore {
     }
 
     fn submit(&self, lu: &LuId, op: Op) -> Result<Answer, StoreError> {
-        if self.read_only {
-            return Err(StoreError::ReadOnly {
+        let (reply, answer) = mpsc::sync_channel(1);
+        self.enqueue(lu, op, Responder::Waiting(reply))?;
+        answer.recv().map_err(|_| self.closed())?
+    }
+
+    fn closed(&self) -> StoreError {
+        StoreError::Closed {
+            path: self.path.clone(),
+        }
+    }
+
+    /// Queues `op` for the writer, which answers `reply` once its batch is durable. When it
+    /// cannot be queued the error goes to `reply` as well: a completion is always answered
+    /// exactly once.
+    fn enqueue(&self, lu: &LuId, op: Op, reply: Responder) -> Result<(), StoreError> {
+        let refused = if self.read_only {
+            Some(StoreError::ReadOnly {
                 path: self.path.clone(),
                 operation: match op {
                     Op::Execute { .. } => "execute a command that changes the state",
@@ -179,24 +194,75 @@ impl SqliteStore {
                     Op::Clear => "clear a logical unit",
                     Op::Import(_) | Op::ImportAll(_) => "import",
                 },
-            });
+            })
+        } else {
+            let job = Job {
+                lu: lu.clone(),
+                op,
+                reply,
+            };
+            // Counted first: the writer may answer (and its caller read the counters) before
+            // send returns.
+            self.counters.queued.fetch_add(1, Ordering::Relaxed);
+            let jobs = self
+                .jobs
+                .as_ref()
+                .expect("a store that is not read-only has a writer");
+            match jobs.send(job) {
+                Ok(()) => return Ok(()),
+                Err(mpsc::SendError(job)) => {
+                    self.counters.queued.fetch_sub(1, Ordering::Relaxed);
+                    return job.reply.fail(self.closed());
+                }
+            }
+        };
+        let e = refused.expect("set above");
+        reply.fail(e)
+    }
+
+    /// The PR IN fast path: the outcome of a PERSISTENT RESERVE IN that leaves the state as it
+    /// is, run on the reader connection against the committed state; `None` when the command
+    /// is a PR OUT, or a PR IN that changes the state (it reports a pending unit attention).
+    fn read_only_outcome(
+        &self,
+        lu: &LuId,
+        nexus: &Nexus,
+        cdb: &[u8],
+        params: &[u8],
+        config: &EngineConfig,
+    ) -> Result<Option<Outcome>, StoreError> {
+        if cdb.first() != Some(&pr_scsi::PERSISTENT_RESERVE_IN) {
+            return Ok(None);
         }
-        let closed = || StoreError::Closed {
-            path: self.path.clone(),
+        let state = if self.empty {
+            None
+        } else {
+            self.reader
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .committed_state(&self.path, lu, self.busy_timeout)?
         };
-        let (reply, answer) = mpsc::sync_channel(1);
-        let job = Job {
-            lu: lu.clone(),
-            op,
-            reply,
+        let outcome = match state.as_deref() {
+            Some(s) => s.execute(nexus, cdb, params, config),
+            None => LogicalUnit::default().execute(nexus, cdb, params, config),
         };
-        self.jobs
-            .as_ref()
-            .ok_or_else(closed)?
-            .send(job)
-            .map_err(|_| closed())?;
-        self.counters.queued.fetch_add(1, Ordering::Relaxed);
-        answer.recv().map_err(|_| closed())?
+        if outcome.changed() {
+            // It reports (and so clears) a unit attention: a write, decided again under the
+            // write lock on the state then current.
+            return Ok(None);
+        }
+        self.counters.read_only.fetch_add(1, Ordering::Relaxed);
+        Ok(Some(outcome))
+    }
+}
+
+/// The writer's job for one command.
+fn execute_op(nexus: &Nexus, cdb: &[u8], params: &[u8], config: &EngineConfig) -> Op {
+    Op::Execute {
+        nexus: nexus.clone(),
+        cdb: cdb.to_vec(),
+        params: params.to_vec(),
+        config: config.clone(),
     }
 }
 
@@ -218,36 +284,39 @@ impl Store for SqliteStore {
         params: &[u8],
         config: &EngineConfig,
     ) -> Result<Outcome, StoreError> {
-        if cdb.first() == Some(&pr_scsi::PERSISTENT_RESERVE_IN) {
-            let state = if self.empty {
-                None
-            } else {
-                self.reader
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .committed_state(&self.path, lu, self.busy_timeout)?
-            };
-            let outcome = match state.as_deref() {
-                Some(s) => s.execute(nexus, cdb, params, config),
-                None => LogicalUnit::default().execute(nexus, cdb, params, config),
-            };
-            if !outcome.changed() {
-                self.counters.read_only.fetch_add(1, Ordering::Relaxed);
-                return Ok(outcome);
-            }
-            // It reports (and so clears) a unit attention: a write, decided again under the
-            // write lock on the state then current.
+        if let Some(outcome) = self.read_only_outcome(lu, nexus, cdb, params, config)? {
+            return Ok(outcome);
         }
-        let op = Op::Execute {
-            nexus: nexus.clone(),
-            cdb: cdb.to_vec(),
-            params: params.to_vec(),
-            config: config.clone(),
-        };
-        match self.submit(lu, op)? {
+        match self.submit(lu, execute_op(nexus, cdb, params, config))? {
             Answer::Outcome(o) => Ok(*o),
             Answer::Done => unreachable!("execute is answered with an outcome"),
         }
+    }
+
+    /// A PR IN that leaves the state as it is is answered here (the fast path); every other
+    /// command is queued for the writer, which calls `done` once its batch is durable.
+    fn execute_later(
+        &self,
+        lu: &LuId,
+        nexus: &Nexus,
+        cdb: &[u8],
+        params: &[u8],
+        config: &EngineConfig,
+        done: crate::Completion,
+    ) {
+        match self.read_only_outcome(lu, nexus, cdb, params, config) {
+            Ok(Some(outcome)) => done(Ok(outcome)),
+            Err(e) => done(Err(e)),
+            Ok(None) => {
+                let op = execute_op(nexus, cdb, params, config);
+                // A completion that cannot be queued is answered by `enqueue` itself.
+                let _ = self.enqueue(lu, op, Responder::Later(done));
+            }
+        }
+    }
+
+    fn answers_later(&self) -> bool {
+        !self.read_only
     }
 
     fn load(&self, lu: &LuId) -> Result<Option<LogicalUnit>, StoreError> {

@@ -44,11 +44,49 @@ pub(crate) enum Answer {
     Done,
 }
 
+/// Where a job's answer goes.
+pub(crate) enum Responder {
+    /// A caller blocked in [`crate::Store::execute`] and the other synchronous methods.
+    Waiting(mpsc::SyncSender<Result<Answer, StoreError>>),
+    /// [`crate::Store::execute_later`]'s completion, called on this thread.
+    Later(crate::Completion),
+}
+
+impl Responder {
+    /// Answers a job that was never queued: a waiting caller gets `e` back, a completion is
+    /// called with it.
+    pub(crate) fn fail(self, e: StoreError) -> Result<(), StoreError> {
+        match self {
+            Responder::Waiting(_) => Err(e),
+            later @ Responder::Later(_) => {
+                later.answer(Err(e));
+                Ok(())
+            }
+        }
+    }
+
+    fn answer(self, answer: Result<Answer, StoreError>) {
+        match self {
+            // A caller that went away no longer needs its answer.
+            Responder::Waiting(reply) => drop(reply.send(answer)),
+            Responder::Later(done) => {
+                let outcome = answer.map(|a| match a {
+                    Answer::Outcome(o) => *o,
+                    Answer::Done => unreachable!("only execute is answered later"),
+                });
+                // The completion is the caller's code: a panic in it must not end the writer,
+                // which the other commands need.
+                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| done(outcome)));
+            }
+        }
+    }
+}
+
 /// One queued operation and where to send its answer.
 pub(crate) struct Job {
     pub lu: LuId,
     pub op: Op,
-    pub reply: mpsc::SyncSender<Result<Answer, StoreError>>,
+    pub reply: Responder,
 }
 
 impl std::fmt::Debug for Job {
@@ -79,8 +117,7 @@ pub(crate) fn run(mut conn: Connection, queue: mpsc::Receiver<Job>, ctx: Context
             Err(e) => batch.iter().map(|_| Err(e.clone())).collect(),
         };
         for (job, answer) in batch.into_iter().zip(answers) {
-            // A caller that went away no longer needs its answer.
-            let _ = job.reply.send(answer);
+            job.reply.answer(answer);
         }
     }
 }

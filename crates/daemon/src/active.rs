@@ -393,7 +393,8 @@ fn finish(
             e.to_reply()
         }
     };
-    let outcome = outcome(&reply);
+    // Formatted only when a line is written, like the device.
+    let outcome = Outcome(&reply);
     if header.direction == Direction::Out {
         info!(device = %dev, backend, "{}: {outcome}", describe(header));
     } else {
@@ -441,13 +442,17 @@ fn describe(header: &RequestHeader) -> String {
     }
 }
 
-fn outcome(reply: &Reply) -> String {
-    if reply.status == Status::CHECK_CONDITION {
+/// A reply's status for log lines, with the sense code of a CHECK CONDITION.
+struct Outcome<'a>(&'a Reply);
+
+impl std::fmt::Display for Outcome<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let reply = self.0;
         match pr_scsi::Sense::parse(&reply.sense) {
-            Some(s) => format!("{} [{}]", reply.status, s.code),
-            None => reply.status.to_string(),
+            Some(s) if reply.status == Status::CHECK_CONDITION => {
+                write!(f, "{} [{}]", reply.status, s.code)
+            }
+            _ => reply.status.fmt(f),
         }
-    } else {
-        reply.status.to_string()
     }
 }

@@ -45,80 +45,30 @@ const SG_GET_VERSION_NUM: u64 = 0x2282;
 
 /// System calls allowed without conditions.
 fn allowed() -> Vec<i64> {
-    let mut v = vec![
+    let mut v = pr_sys::syscalls::runtime();
+    v.extend_from_slice(&[
         // Socket and descriptor I/O.
-        libc::SYS_read,
-        libc::SYS_write,
-        libc::SYS_readv,
-        libc::SYS_writev,
         libc::SYS_recvmsg,
         libc::SYS_recvfrom,
         libc::SYS_sendmsg,
         libc::SYS_sendto,
         libc::SYS_accept4,
-        libc::SYS_close,
         libc::SYS_shutdown,
         libc::SYS_getsockname,
         libc::SYS_getsockopt,
-        libc::SYS_fcntl,
-        libc::SYS_newfstatat,
-        libc::SYS_statx,
         libc::SYS_fsync,
         libc::SYS_memfd_create,
         libc::SYS_socket,
         libc::SYS_connect,
         // The runtime's signal driver (created while the runtime starts).
         libc::SYS_socketpair,
-        // Event loop.
-        libc::SYS_epoll_pwait,
-        libc::SYS_epoll_pwait2,
-        libc::SYS_epoll_ctl,
-        libc::SYS_epoll_create1,
-        libc::SYS_eventfd2,
-        libc::SYS_futex,
-        libc::SYS_sched_yield,
-        libc::SYS_nanosleep,
-        libc::SYS_clock_nanosleep,
-        libc::SYS_clock_gettime,
-        // Memory.
-        libc::SYS_mmap,
-        libc::SYS_munmap,
-        libc::SYS_mremap,
-        libc::SYS_madvise,
-        libc::SYS_mprotect,
-        libc::SYS_brk,
-        // Connection threads (pool.rs) and the runtime's.
-        libc::SYS_clone,
-        libc::SYS_clone3,
-        libc::SYS_set_robust_list,
-        libc::SYS_rseq,
-        libc::SYS_sigaltstack,
-        libc::SYS_prctl,
-        libc::SYS_sched_getaffinity,
-        libc::SYS_gettid,
-        libc::SYS_getpid,
-        libc::SYS_getrandom,
-        // Signals and exit.
-        libc::SYS_rt_sigaction,
-        libc::SYS_rt_sigprocmask,
-        libc::SYS_rt_sigreturn,
-        libc::SYS_restart_syscall,
-        libc::SYS_tgkill,
-        libc::SYS_exit,
-        libc::SYS_exit_group,
         // Removing the socket and pidfile at exit.
         libc::SYS_unlinkat,
         // Refused with EACCES by the second filter (see the module comment).
         libc::SYS_openat,
-    ];
-    #[cfg(target_arch = "x86_64")]
-    v.extend_from_slice(&[
-        libc::SYS_fstat,
-        libc::SYS_epoll_wait,
-        libc::SYS_poll,
-        libc::SYS_unlink,
-        libc::SYS_open,
     ]);
+    #[cfg(target_arch = "x86_64")]
+    v.extend_from_slice(&[libc::SYS_unlink, libc::SYS_open]);
     v
 }
 

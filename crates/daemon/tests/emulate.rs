@@ -5,12 +5,12 @@
 
 mod common;
 
-use std::fs::File;
 use std::io::Write;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
+use common::emulate::*;
 use common::*;
 use pr_backend::emulate::identity::derived_initiator_name;
 use pr_client::Client;
@@ -51,80 +51,10 @@ fn emulate_config(dir: &Path, lo: &LoopDevice, db: &Path, extra: &str) -> PathBu
     )
 }
 
-/// Our daemon on `socket` (which may be in a directory laid out like libvirt's), as nobody,
-/// with its log (-v) in `log`.
+/// Our daemon on `socket`, as nobody, with its log (-v) in `log`.
 fn start_at(socket: &Path, config: &Path, log: &Path) -> Helper {
-    start_with(socket, config, log, &[])
+    start_emulating(socket, config, log, &[])
 }
-
-/// [`start_at`] with more arguments.
-fn start_with(socket: &Path, config: &Path, log: &Path, extra: &[&str]) -> Helper {
-    raise_nofile();
-    std::fs::create_dir_all(socket.parent().unwrap()).unwrap();
-    let child = Command::new(our_helper())
-        .arg("-k")
-        .arg(socket)
-        .arg("--config")
-        .arg(config)
-        .args(["-u", "nobody", "-g", "nogroup", "-v"])
-        .args(extra)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(File::create(log).unwrap())
-        .spawn()
-        .unwrap();
-    let h = Helper {
-        child,
-        socket: socket.to_path_buf(),
-        dir: tempfile::tempdir().unwrap(),
-    };
-    h.wait_for_socket();
-    h
-}
-
-fn cdb(bytes: &[u8]) -> [u8; 16] {
-    let mut c = [0u8; 16];
-    c[..bytes.len()].copy_from_slice(bytes);
-    c
-}
-
-/// PR OUT with service action `sa`, type `ty` (LU_SCOPE) and a basic parameter list.
-fn prout(c: &mut Client, dev: &File, sa: u8, ty: u8, key: u64, sa_key: u64) -> Reply {
-    c.execute(
-        dev.as_fd(),
-        &cdb(&[0x5f, sa, ty, 0, 0, 0, 0, 0, 24, 0]),
-        &params(key, sa_key),
-    )
-    .unwrap()
-}
-
-fn read_keys(c: &mut Client, dev: &File) -> Reply {
-    c.execute(
-        dev.as_fd(),
-        &cdb(&[0x5e, 0x00, 0, 0, 0, 0, 0, 0x01, 0x00, 0]),
-        &[],
-    )
-    .unwrap()
-}
-
-fn read_reservation(c: &mut Client, dev: &File) -> Reply {
-    c.execute(
-        dev.as_fd(),
-        &cdb(&[0x5e, 0x01, 0, 0, 0, 0, 0, 0x01, 0x00, 0]),
-        &[],
-    )
-    .unwrap()
-}
-
-fn sense(r: &Reply) -> (u8, u8, u8) {
-    (r.sense[2] & 0x0f, r.sense[12], r.sense[13])
-}
-
-const REGISTER: u8 = 0x00;
-const RESERVE: u8 = 0x01;
-const PREEMPT: u8 = 0x04;
-const WRITE_EXCLUSIVE: u8 = 0x01;
-const WE_REGISTRANTS_ONLY: u8 = 0x05;
 
 fn thread_status(pid: u32) -> Vec<(String, String)> {
     std::fs::read_dir(format!("/proc/{pid}/task"))
@@ -229,7 +159,7 @@ fn pr_outs_answered_from_the_commit_by_the_pollers_are_all_answered_and_durable(
     let cfg = emulate_config(store.path(), &lo, &db, "");
     let log = store.path().join("log");
     let sock = store.path().join("run/pollers.sock");
-    let mut h = start_with(&sock, &cfg, &log, &["--connection-threads", "0"]);
+    let mut h = start_emulating(&sock, &cfg, &log, &["--connection-threads", "0"]);
     let workers: Vec<_> = (0..CLIENTS)
         .map(|i| {
             let socket = h.socket.clone();
@@ -269,7 +199,7 @@ fn pr_outs_answered_from_the_commit_by_the_pollers_are_all_answered_and_durable(
     };
     check(&mut Client::connect(&h.socket).unwrap());
     assert_eq!(h.signal_and_wait(libc::SIGTERM).code(), Some(0));
-    let h = start_with(&sock, &cfg, &log, &["--connection-threads", "0"]);
+    let h = start_emulating(&sock, &cfg, &log, &["--connection-threads", "0"]);
     check(&mut Client::connect(&h.socket).unwrap());
 }
 
@@ -287,7 +217,7 @@ fn a_client_that_stops_reading_replies_holds_up_no_other_commit() {
     let cfg = emulate_config(store.path(), &lo, &db, "");
     let log = store.path().join("log");
     let sock = store.path().join("run/stall.sock");
-    let h = start_with(
+    let h = start_emulating(
         &sock,
         &cfg,
         &log,

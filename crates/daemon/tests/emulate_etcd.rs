@@ -7,25 +7,18 @@
 
 mod common;
 
-use std::fs::File;
-use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::emulate::*;
 use common::*;
 use pr_client::Client;
-use pr_proto::Reply;
 use pr_scsi::Status;
 use pr_store::{LuId, Store};
 use pr_store_etcd::cluster::{Cluster, Timing};
 use pr_store_etcd::proxy::Proxy;
 use pr_store_etcd::{EtcdConfig, EtcdStore};
-
-const REGISTER: u8 = 0x00;
-const RESERVE: u8 = 0x01;
-const PREEMPT: u8 = 0x04;
-const WRITE_EXCLUSIVE: u8 = 0x01;
 
 /// The store calls' bound in these daemons' configurations.
 const COMMAND_TIMEOUT: Duration = Duration::from_millis(2000);
@@ -35,44 +28,6 @@ fn timing() -> Timing {
         heartbeat: Duration::from_millis(50),
         election: Duration::from_millis(500),
     }
-}
-
-fn cdb(bytes: &[u8]) -> [u8; 16] {
-    let mut c = [0u8; 16];
-    c[..bytes.len()].copy_from_slice(bytes);
-    c
-}
-
-/// PR OUT with service action `sa`, type `ty` (LU_SCOPE) and a basic parameter list.
-fn prout(c: &mut Client, dev: &File, sa: u8, ty: u8, key: u64, sa_key: u64) -> Reply {
-    c.execute(
-        dev.as_fd(),
-        &cdb(&[0x5f, sa, ty, 0, 0, 0, 0, 0, 24, 0]),
-        &params(key, sa_key),
-    )
-    .unwrap()
-}
-
-fn read_keys(c: &mut Client, dev: &File) -> Reply {
-    c.execute(
-        dev.as_fd(),
-        &cdb(&[0x5e, 0x00, 0, 0, 0, 0, 0, 0x01, 0x00, 0]),
-        &[],
-    )
-    .unwrap()
-}
-
-fn read_reservation(c: &mut Client, dev: &File) -> Reply {
-    c.execute(
-        dev.as_fd(),
-        &cdb(&[0x5e, 0x01, 0, 0, 0, 0, 0, 0x01, 0x00, 0]),
-        &[],
-    )
-    .unwrap()
-}
-
-fn sense(r: &Reply) -> (u8, u8, u8) {
-    (r.sense[2] & 0x0f, r.sense[12], r.sense[13])
 }
 
 /// CHECK CONDITION, ABORTED COMMAND, LOGICAL UNIT COMMUNICATION FAILURE (0Bh/08h/00h).
@@ -109,24 +64,7 @@ impl Host {
         .unwrap();
         let log = dir.path().join("log");
         let socket = dir.path().join("pr.sock");
-        raise_nofile();
-        let child = Command::new(our_helper())
-            .arg("-k")
-            .arg(&socket)
-            .arg("--config")
-            .arg(&config)
-            .args(["-u", "nobody", "-g", "nogroup", "-v"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let helper = Helper {
-            child,
-            socket,
-            dir: tempfile::tempdir().unwrap(),
-        };
-        helper.wait_for_socket();
+        let helper = start_emulating(&socket, &config, &log, &[]);
         Host {
             helper,
             log,

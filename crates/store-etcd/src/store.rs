@@ -1093,21 +1093,7 @@ impl Store for EtcdStore {
     /// the value read, then every put; after a lost answer only states equal to the imported
     /// ones count as done (else [`StoreError::OutcomeUnknown`]).
     fn import_all(&self, states: &[(LuId, LogicalUnit)]) -> Result<(), StoreError> {
-        let mut named = std::collections::HashSet::new();
-        for (lu, state) in states {
-            if !named.insert(lu) {
-                return Err(StoreError::InvalidState {
-                    lu: lu.clone(),
-                    reason: "the logical unit is named twice".into(),
-                });
-            }
-            state
-                .check_invariants()
-                .map_err(|reason| StoreError::InvalidState {
-                    lu: lu.clone(),
-                    reason,
-                })?;
-        }
+        pr_store::check_import_all(states)?;
         match states {
             [] => return Ok(()),
             [(lu, state)] => return self.import(lu, state),
@@ -1129,12 +1115,7 @@ impl Store for EtcdStore {
     }
 
     fn import(&self, lu: &LuId, state: &LogicalUnit) -> Result<(), StoreError> {
-        state
-            .check_invariants()
-            .map_err(|reason| StoreError::InvalidState {
-                lu: lu.clone(),
-                reason,
-            })?;
+        pr_store::check_import(lu, state)?;
         let state = state.clone();
         self.modify(lu, "importing", move |v, _| {
             (v.state != state).then(|| Some(state.clone()))

@@ -103,3 +103,30 @@ pub trait Store: Send + Sync {
         }
     }
 }
+
+/// What every [`Store::import`] checks before it writes: the state's invariants
+/// ([`LogicalUnit::check_invariants`]), a violation being [`StoreError::InvalidState`] for `lu`.
+pub fn check_import(lu: &LuId, state: &LogicalUnit) -> Result<(), StoreError> {
+    state
+        .check_invariants()
+        .map_err(|reason| StoreError::InvalidState {
+            lu: lu.clone(),
+            reason,
+        })
+}
+
+/// What every [`Store::import_all`] checks before it writes: [`check_import`] for each state,
+/// and no logical unit named twice.
+pub fn check_import_all(states: &[(LuId, LogicalUnit)]) -> Result<(), StoreError> {
+    let mut named = std::collections::HashSet::new();
+    for (lu, state) in states {
+        if !named.insert(lu) {
+            return Err(StoreError::InvalidState {
+                lu: lu.clone(),
+                reason: "the logical unit is named twice".into(),
+            });
+        }
+        check_import(lu, state)?;
+    }
+    Ok(())
+}

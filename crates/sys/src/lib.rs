@@ -13,3 +13,4 @@ pub mod mpath;
 pub mod process;
 pub mod scm;
 pub mod sgio;
+pub mod syscalls;

@@ -35,11 +35,10 @@ pub enum SeccompMode {
 pub struct SeccompError(String);
 
 fn allowed() -> Vec<i64> {
-    let mut v = vec![
-        libc::SYS_read,
-        libc::SYS_write,
-        libc::SYS_readv,
-        libc::SYS_writev,
+    // The runtime's calls, mmap of the guest's memory among them.
+    let mut v = pr_sys::syscalls::runtime();
+    v.extend_from_slice(&[
+        // The media and SQLite's files.
         libc::SYS_pread64,
         libc::SYS_pwrite64,
         libc::SYS_preadv,
@@ -47,12 +46,8 @@ fn allowed() -> Vec<i64> {
         libc::SYS_preadv2,
         libc::SYS_pwritev2,
         libc::SYS_lseek,
-        libc::SYS_close,
-        libc::SYS_fcntl,
         libc::SYS_dup,
         libc::SYS_dup3,
-        libc::SYS_newfstatat,
-        libc::SYS_statx,
         libc::SYS_fsync,
         libc::SYS_fdatasync,
         libc::SYS_fallocate,
@@ -75,52 +70,13 @@ fn allowed() -> Vec<i64> {
         libc::SYS_getsockname,
         libc::SYS_getsockopt,
         // Event loops and wake-ups.
-        libc::SYS_epoll_create1,
-        libc::SYS_epoll_ctl,
-        libc::SYS_epoll_pwait,
-        libc::SYS_epoll_pwait2,
-        libc::SYS_eventfd2,
         libc::SYS_ppoll,
-        libc::SYS_futex,
-        libc::SYS_sched_yield,
-        libc::SYS_nanosleep,
-        libc::SYS_clock_nanosleep,
-        libc::SYS_clock_gettime,
-        // Memory, the guest's included.
-        libc::SYS_mmap,
-        libc::SYS_munmap,
-        libc::SYS_mremap,
-        libc::SYS_madvise,
-        libc::SYS_mprotect,
-        libc::SYS_brk,
-        // Threads.
-        libc::SYS_clone,
-        libc::SYS_clone3,
-        libc::SYS_set_robust_list,
-        libc::SYS_rseq,
-        libc::SYS_sigaltstack,
-        libc::SYS_prctl,
-        libc::SYS_sched_getaffinity,
-        libc::SYS_gettid,
-        libc::SYS_getpid,
-        libc::SYS_getrandom,
-        // Signals and exit.
-        libc::SYS_rt_sigaction,
-        libc::SYS_rt_sigprocmask,
-        libc::SYS_rt_sigreturn,
-        libc::SYS_restart_syscall,
-        libc::SYS_tgkill,
-        libc::SYS_exit,
-        libc::SYS_exit_group,
         // Refused with EACCES by the second filter.
         libc::SYS_openat,
-    ];
+    ]);
     #[cfg(target_arch = "x86_64")]
     v.extend_from_slice(&[
-        libc::SYS_fstat,
         libc::SYS_dup2,
-        libc::SYS_epoll_wait,
-        libc::SYS_poll,
         libc::SYS_unlink,
         libc::SYS_readlink,
         libc::SYS_accept,

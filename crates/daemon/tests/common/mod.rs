@@ -2,6 +2,8 @@
 //! raw protocol access for malformed input, and loop devices. Tests run as root (CI does).
 #![allow(dead_code)]
 
+pub mod emulate;
+
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, BorrowedFd};

@@ -368,31 +368,12 @@ impl Store for SqliteStore {
     }
 
     fn import(&self, lu: &LuId, state: &LogicalUnit) -> Result<(), StoreError> {
-        state
-            .check_invariants()
-            .map_err(|reason| StoreError::InvalidState {
-                lu: lu.clone(),
-                reason,
-            })?;
+        crate::check_import(lu, state)?;
         self.submit(lu, Op::Import(state.clone())).map(drop)
     }
 
     fn import_all(&self, states: &[(LuId, LogicalUnit)]) -> Result<(), StoreError> {
-        let mut seen = std::collections::HashSet::new();
-        for (lu, state) in states {
-            if !seen.insert(lu) {
-                return Err(StoreError::InvalidState {
-                    lu: lu.clone(),
-                    reason: "the logical unit is named twice".into(),
-                });
-            }
-            state
-                .check_invariants()
-                .map_err(|reason| StoreError::InvalidState {
-                    lu: lu.clone(),
-                    reason,
-                })?;
-        }
+        crate::check_import_all(states)?;
         let Some((first, _)) = states.first() else {
             return Ok(());
         };

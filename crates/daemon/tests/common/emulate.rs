@@ -1,0 +1,87 @@
+//! Support for the tests of the `emulate` backend (tests/emulate.rs, tests/emulate_etcd.rs):
+//! the daemon started as nobody on a configuration, and PR commands through pr-client.
+
+use std::fs::File;
+use std::os::fd::AsFd;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use pr_client::Client;
+use pr_proto::Reply;
+
+use super::{our_helper, params, raise_nofile, Helper};
+
+/// Our daemon on `socket` (which may be in a directory laid out like libvirt's), as nobody,
+/// with `config`, its log (-v) in `log`, and `extra` arguments.
+pub fn start_emulating(socket: &Path, config: &Path, log: &Path, extra: &[&str]) -> Helper {
+    raise_nofile();
+    std::fs::create_dir_all(socket.parent().unwrap()).unwrap();
+    let child = Command::new(our_helper())
+        .arg("-k")
+        .arg(socket)
+        .arg("--config")
+        .arg(config)
+        .args(["-u", "nobody", "-g", "nogroup", "-v"])
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(File::create(log).unwrap())
+        .spawn()
+        .unwrap();
+    let h = Helper {
+        child,
+        socket: socket.to_path_buf(),
+        dir: tempfile::tempdir().unwrap(),
+    };
+    h.wait_for_socket();
+    h
+}
+
+/// A 16-byte CDB buffer starting with `bytes`.
+pub fn cdb(bytes: &[u8]) -> [u8; 16] {
+    let mut c = [0u8; 16];
+    c[..bytes.len()].copy_from_slice(bytes);
+    c
+}
+
+/// PR OUT with service action `sa`, type `ty` (LU_SCOPE) and a basic parameter list.
+pub fn prout(c: &mut Client, dev: &File, sa: u8, ty: u8, key: u64, sa_key: u64) -> Reply {
+    c.execute(
+        dev.as_fd(),
+        &cdb(&[0x5f, sa, ty, 0, 0, 0, 0, 0, 24, 0]),
+        &params(key, sa_key),
+    )
+    .unwrap()
+}
+
+/// PR IN READ KEYS, allocation length 256.
+pub fn read_keys(c: &mut Client, dev: &File) -> Reply {
+    c.execute(
+        dev.as_fd(),
+        &cdb(&[0x5e, 0x00, 0, 0, 0, 0, 0, 0x01, 0x00, 0]),
+        &[],
+    )
+    .unwrap()
+}
+
+/// PR IN READ RESERVATION, allocation length 256.
+pub fn read_reservation(c: &mut Client, dev: &File) -> Reply {
+    c.execute(
+        dev.as_fd(),
+        &cdb(&[0x5e, 0x01, 0, 0, 0, 0, 0, 0x01, 0x00, 0]),
+        &[],
+    )
+    .unwrap()
+}
+
+/// Sense key, ASC, ASCQ of a fixed-format sense.
+pub fn sense(r: &Reply) -> (u8, u8, u8) {
+    (r.sense[2] & 0x0f, r.sense[12], r.sense[13])
+}
+
+/// PR OUT service actions and types (SPC-4 tables 209 and 169).
+pub const REGISTER: u8 = 0x00;
+pub const RESERVE: u8 = 0x01;
+pub const PREEMPT: u8 = 0x04;
+pub const WRITE_EXCLUSIVE: u8 = 0x01;
+pub const WE_REGISTRANTS_ONLY: u8 = 0x05;

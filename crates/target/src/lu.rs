@@ -22,7 +22,7 @@
 //! trip), and a PR OUT that takes access away returns only once every other host serving the
 //! LU has acknowledged it or lost its lease (docs/etcd.md).
 
-use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::sync::atomic::{fence, AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 use std::time::Duration;
 
@@ -63,6 +63,15 @@ impl NexusSlot {
     }
 }
 
+/// Counts a thread waiting for a drain while it lives.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// A logical unit whose every command obeys its persistent reservations.
 pub struct FencedLu<D> {
     name: LuId,
@@ -73,6 +82,9 @@ pub struct FencedLu<D> {
     slots: Vec<NexusSlot>,
     drain: Mutex<()>,
     drained: Condvar,
+    /// Threads waiting on `drained`: a command that ends its nexus's last one in flight
+    /// notifies only when there is one (a notification is a system call).
+    draining: AtomicUsize,
     /// Shared across hosts (etcd): media I/O needs `fence` and a valid lease.
     shared: bool,
     fence: OnceLock<LuFence>,
@@ -125,6 +137,7 @@ impl<D: BlockDevice> FencedLu<D> {
             slots: Vec::new(),
             drain: Mutex::new(()),
             drained: Condvar::new(),
+            draining: AtomicUsize::new(0),
             shared: false,
             fence: OnceLock::new(),
             revision: AtomicI64::new(0),
@@ -253,8 +266,14 @@ impl<D: BlockDevice> FencedLu<D> {
         let reply = self.disk.execute(p, data_out, port);
         if let Some(c) = counter {
             if c.fetch_sub(1, Ordering::AcqRel) == 1 {
-                let _g = self.drain.lock().unwrap_or_else(PoisonError::into_inner);
-                self.drained.notify_all();
+                // Pairs with the fence in `wait_idle`: either the waiter sees the count at 0
+                // or this sees the waiter (and its lock orders the notification after its
+                // check).
+                fence(Ordering::SeqCst);
+                if self.draining.load(Ordering::Relaxed) > 0 {
+                    let _g = self.drain.lock().unwrap_or_else(PoisonError::into_inner);
+                    self.drained.notify_all();
+                }
             }
         }
         reply
@@ -365,6 +384,10 @@ impl<D: BlockDevice> FencedLu<D> {
 
     fn wait_idle(&self, slot: &NexusSlot) {
         let mut g = self.drain.lock().unwrap_or_else(PoisonError::into_inner);
+        self.draining.fetch_add(1, Ordering::Relaxed);
+        // Pairs with the fence after a command's count goes down (see `run`).
+        fence(Ordering::SeqCst);
+        let _waiting = Waiting(&self.draining);
         while slot.busy() {
             let (next, timeout) = self
                 .drained

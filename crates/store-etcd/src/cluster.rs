@@ -76,6 +76,14 @@ impl Member {
     pub fn is_running(&self) -> bool {
         self.child.is_some()
     }
+    /// The process id of its etcd, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+    /// Its log file.
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
 }
 
 /// A cluster of etcd members started by this process.

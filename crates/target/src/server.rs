@@ -9,7 +9,7 @@ use std::thread::JoinHandle;
 use pr_engine::EngineConfig;
 use pr_store::{SqliteOptions, StoreError};
 use pr_store_config::{OpenedStore, StoreSelection};
-use pr_store_etcd::fence::{HostFence, LeaseTiming};
+use pr_store_etcd::fence::HostFence;
 use tracing::{error, info};
 use vhost::vhost_user::Listener;
 use vhost_user_backend::VhostUserDaemon;

@@ -153,7 +153,8 @@ fn starts_on_an_etcd_store_serves_and_drains_on_sigterm() {
     assert!(o.state.is_some());
     let dir = setup(&format!(
         "store = {{ kind = \"etcd\", endpoints = [{}], prefix = \"/target-start/\", host_id = \
-         \"hv-a\", lease_ttl_s = 3, lease_renew_ms = 500, lease_margin_ms = 500 }}",
+         \"hv-a\", request_timeout_ms = 1000, lease_ttl_s = 3, lease_renew_ms = 500, \
+         lease_margin_ms = 500 }}",
         list(&cluster.endpoints())
     ));
     let mut t = Command::new(BIN)

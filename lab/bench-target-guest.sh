@@ -1,8 +1,9 @@
 #!/bin/bash
-# Runs inside the lab guest for lab/bench-target (a benchmark): fio on three disks — QEMU's
-# virtio-scsi + scsi-hd (PCI slot 12h), pr-target (10h) and pr-target built with
-# bench-no-check (11h) — every workload on the three back to back, the order reversed every
-# other round. Around each run on a pr-target disk it asks the host for pr-target's CPU
+# Runs inside the lab guest for lab/bench-target (a benchmark): fio on the disks the host
+# names on the kernel command line (benchdevs=NAME@SLOT,...; by default QEMU's virtio-scsi +
+# scsi-hd "qemu" at PCI slot 12h, pr-target "ours" at 10h and pr-target built with
+# bench-no-check "nocheck" at 11h; --stores: "sqlite" at 10h and "etcd" at 11h) — every
+# workload on each disk back to back, the order reversed every other round. Around each run on a pr-target disk it asks the host for pr-target's CPU
 # ticks ("BENCH-CPU n begin|end dev" on the console; the host writes them into the file
 # cpu-n-begin|end in the work directory, which this waits for over 9p).
 # Prints "BENCH-RESULT round workload dev value unit ios n" per run (n: the sample number of
@@ -18,18 +19,29 @@ disk_at() {
     [ -e "$d" ] && readlink -f "$d" | grep -q "/0000:00:$1.0/" && echo "/dev/${d##*/}"
   done
 }
-declare -A dev
+# The disks: NAME@SLOT,... (PCI slot in hex); "qemu" is QEMU's own device (no CPU samples).
+specs=$(sed -n 's/.*benchdevs=\([^ ]*\).*/\1/p' /proc/cmdline)
+[ -n "$specs" ] || specs="qemu@12,ours@10,nocheck@11"
+names=()
+declare -A dev slot
+for spec in ${specs//,/ }; do
+  names+=("${spec%@*}"); slot[${spec%@*}]=${spec#*@}
+done
 for _ in $(seq 300); do
-  dev[ours]=$(disk_at 10); dev[nocheck]=$(disk_at 11); dev[qemu]=$(disk_at 12)
-  [ -n "${dev[ours]}" ] && [ -n "${dev[nocheck]}" ] && [ -n "${dev[qemu]}" ] && break
+  missing=0
+  for d in "${names[@]}"; do
+    dev[$d]=$(disk_at "${slot[$d]}")
+    [ -n "${dev[$d]}" ] || missing=1
+  done
+  [ $missing = 0 ] && break
   sleep 0.1
 done
-if [ -z "${dev[ours]}" ] || [ -z "${dev[nocheck]}" ] || [ -z "${dev[qemu]}" ]; then
-  echo "FAIL bench: disks: ours '${dev[ours]}' nocheck '${dev[nocheck]}' qemu '${dev[qemu]}'"
+if [ $missing = 1 ]; then
+  echo "FAIL bench: disks: $(for d in "${names[@]}"; do printf "%s@%s '%s' " "$d" "${slot[$d]}" "${dev[$d]}"; done)"
   echo "LAB-RESULT 0 1"; exit 0
 fi
-echo "bench: qemu ${dev[qemu]}, ours ${dev[ours]}, nocheck ${dev[nocheck]}; $rounds rounds of ${runtime}s"
-for d in qemu ours nocheck; do
+echo "bench: $(for d in "${names[@]}"; do printf '%s %s, ' "$d" "${dev[$d]}"; done)$rounds rounds of ${runtime}s"
+for d in "${names[@]}"; do
   s=${dev[$d]#/dev/}
   echo none > /sys/block/$s/queue/scheduler 2>/dev/null
   echo "bench: $d $(cat /sys/block/$s/device/vendor 2>/dev/null) $(cat /sys/block/$s/device/model 2>/dev/null) queue $(cat /sys/block/$s/device/queue_depth) max_sectors_kb $(cat /sys/block/$s/queue/max_sectors_kb) nr_requests $(cat /sys/block/$s/queue/nr_requests)"
@@ -54,7 +66,10 @@ ASK
 chmod +x /run/ask.sh
 n=0
 for r in $(seq "$rounds"); do
-  order="qemu ours nocheck"; [ $((r % 2)) = 0 ] && order="nocheck ours qemu"
+  order="${names[*]}"
+  if [ $((r % 2)) = 0 ]; then
+    order=""; for d in "${names[@]}"; do order="$d $order"; done
+  fi
   {
     printf '[global]\ndirect=1\nioengine=libaio\nsize=256m\nruntime=%s\ntime_based\nrandrepeat=0\nnorandommap\nstonewall\n' "$runtime"
     for w in "${workloads[@]}"; do

@@ -762,6 +762,17 @@ impl EmulateSettings {
             message,
         };
         if let Some(store) = t.store {
+            // The lease fence guards media I/O that the serving process runs itself
+            // (pr-target); pr-helper only answers PR commands (QEMU reaches the device
+            // directly), so a lease would fence nothing: refused rather than ignored.
+            if let Some(k) = store.lease_keys().first() {
+                return Err(err(format!(
+                    "store.{k}: the lease settings belong to pr-target, which runs media I/O \
+                     under a lease fence; pr-helper's emulate backend runs none of its own \
+                     (QEMU reaches the device directly) and holds no lease: remove \
+                     lease_ttl_s, lease_renew_ms, lease_margin_ms and clock_drift_ppm here"
+                )));
+            }
             s.store = store
                 .resolve("store", DEFAULT_STORE)
                 .map_err(|e| err(e.to_string()))?;
@@ -921,6 +932,16 @@ mod tests {
             }
             other => panic!("not etcd: {other:?}"),
         }
+        // The lease settings are pr-target's: refused here, naming the key.
+        let e = parse(
+            "[emulate]\nstore = { kind = \"etcd\", endpoints = [\"10.0.0.1:2379\"], \
+             lease_margin_ms = 1500, lease_ttl_s = 4 }\n",
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("store.lease_ttl_s: the lease settings belong to pr-target"),
+            "{e}"
+        );
         let c = parse("[emulate]\nmax_batch = 1\n").unwrap();
         assert_eq!(c.emulate.max_batch, 1);
         let d = parse("").unwrap();

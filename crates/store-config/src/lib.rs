@@ -22,6 +22,11 @@
 //! connect_timeout_ms = 3000           # the defaults
 //! request_timeout_ms = 2000
 //! command_timeout_ms = 5000           # a command answers within it (plus 1 s), never hangs
+//! # pr-target's lease fence (docs/etcd.md; pr-helper refuses these: it fences no media I/O)
+//! lease_ttl_s = 6                     # the lease's TTL in etcd, whole seconds
+//! lease_renew_ms = 2000               # a renewal round every …
+//! lease_margin_ms = 1000              # media I/O stops this long before the lease can expire
+//! clock_drift_ppm = 10000             # bound on this host's clock running slow (1 %)
 //! ```
 //!
 //! [`StoreSetting`] is what serde reads; [`StoreSetting::resolve`] validates it into a
@@ -39,6 +44,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pr_store::{SqliteOptions, SqliteStore, Store, StoreError};
+use pr_store_etcd::fence::{LeaseTiming, MAX_DRIFT_PPM, MAX_LEASE_TTL, MIN_MARGIN, MIN_RENEW};
 use pr_store_etcd::{EtcdConfig, EtcdStore, TlsFiles, TlsPem, MAX_ENDPOINTS, MAX_PREFIX_LEN};
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
@@ -75,6 +81,10 @@ struct Table {
     connect_timeout_ms: Option<i64>,
     request_timeout_ms: Option<i64>,
     command_timeout_ms: Option<i64>,
+    lease_ttl_s: Option<i64>,
+    lease_renew_ms: Option<i64>,
+    lease_margin_ms: Option<i64>,
+    clock_drift_ppm: Option<i64>,
 }
 
 impl<'de> Deserialize<'de> for StoreSetting {
@@ -101,6 +111,24 @@ impl<'de> Deserialize<'de> for StoreSetting {
 }
 
 impl StoreSetting {
+    /// The lease settings given (`lease_ttl_s`, `lease_renew_ms`, `lease_margin_ms`,
+    /// `clock_drift_ppm`), in that order: a program that runs no media I/O of its own (pr-helper)
+    /// refuses them.
+    pub fn lease_keys(&self) -> Vec<&'static str> {
+        match &self.0 {
+            Raw::Path(_) => Vec::new(),
+            Raw::Table(t) => [
+                ("lease_ttl_s", t.lease_ttl_s.is_some()),
+                ("lease_renew_ms", t.lease_renew_ms.is_some()),
+                ("lease_margin_ms", t.lease_margin_ms.is_some()),
+                ("clock_drift_ppm", t.clock_drift_ppm.is_some()),
+            ]
+            .into_iter()
+            .filter_map(|(k, set)| set.then_some(k))
+            .collect(),
+        }
+    }
+
     /// A SQLite file (the short form, `store = "PATH"`).
     pub fn sqlite(path: impl Into<PathBuf>) -> StoreSetting {
         StoreSetting(Raw::Path(path.into()))
@@ -284,6 +312,100 @@ fn timeout(key: &str, v: Option<i64>, default: Duration) -> Result<Duration, Sto
     }
 }
 
+/// The lease settings of an etcd table, validated (`None`: none given, the defaults apply):
+/// each on its own, then the relations the fencing argument needs (docs/etcd.md), each
+/// message naming the keys and the values that would do.
+fn lease(
+    [ttl, renew, margin, drift]: [Option<i64>; 4],
+    key: &str,
+    request_timeout: Duration,
+) -> Result<Option<LeaseTiming>, StoreConfigError> {
+    let k = |name: &str| format!("{key}.{name}");
+    let e = |m: String| Err(StoreConfigError(m));
+    if ttl.is_none() && renew.is_none() && margin.is_none() && drift.is_none() {
+        return Ok(None);
+    }
+    let mut l = LeaseTiming::default();
+    let max_ttl = MAX_LEASE_TTL.as_secs() as i64;
+    if let Some(v) = ttl {
+        if !(1..=max_ttl).contains(&v) {
+            return e(format!(
+                "{} = {v}: expected 1 to {max_ttl} (whole seconds: etcd grants a lease's TTL in \
+                 seconds), e.g. 6",
+                k("lease_ttl_s")
+            ));
+        }
+        l.ttl = Duration::from_secs(v as u64);
+    }
+    let min_renew = MIN_RENEW.as_millis() as i64;
+    if let Some(v) = renew {
+        if !(min_renew..=MAX_TIMEOUT_MS).contains(&v) {
+            return e(format!(
+                "{} = {v}: expected {min_renew} to {MAX_TIMEOUT_MS} (milliseconds between \
+                 renewal rounds), e.g. 2000",
+                k("lease_renew_ms")
+            ));
+        }
+        l.renew_every = Duration::from_millis(v as u64);
+    }
+    let min_margin = MIN_MARGIN.as_millis() as i64;
+    if let Some(v) = margin {
+        if !(min_margin..=MAX_TIMEOUT_MS).contains(&v) {
+            return e(format!(
+                "{} = {v}: expected {min_margin} to {MAX_TIMEOUT_MS} (milliseconds; at least the \
+                 longest medium write in flight), e.g. 1000",
+                k("lease_margin_ms")
+            ));
+        }
+        l.margin = Duration::from_millis(v as u64);
+    }
+    if let Some(v) = drift {
+        if !(0..=i64::from(MAX_DRIFT_PPM)).contains(&v) {
+            return e(format!(
+                "{} = {v}: expected 0 to {MAX_DRIFT_PPM} (parts per million; 10000 = 1 %)",
+                k("clock_drift_ppm")
+            ));
+        }
+        l.drift_ppm = v as u32;
+    }
+    let ms = |d: Duration| d.as_millis();
+    let usable = l.shrink(l.ttl);
+    if l.margin + l.renew_every >= usable {
+        return e(format!(
+            "{} = {} + {} = {} leave nothing of {} = {} × (1 − {} = {} ppm) = {} ms: media I/O \
+             would stop between renewals; renew more often or lengthen the TTL",
+            k("lease_margin_ms"),
+            ms(l.margin),
+            k("lease_renew_ms"),
+            ms(l.renew_every),
+            k("lease_ttl_s"),
+            l.ttl.as_secs(),
+            k("clock_drift_ppm"),
+            l.drift_ppm,
+            ms(usable)
+        ));
+    }
+    if l.renew_every + request_timeout >= l.validity() {
+        return e(format!(
+            "{} = {} + {} = {} must be shorter than {} × (1 − {}) − {} = {} ms: a renewal \
+             round that takes the whole request timeout would stop media I/O on a healthy \
+             host; renew more often, shorten request_timeout_ms or lengthen the TTL",
+            k("lease_renew_ms"),
+            ms(l.renew_every),
+            k("request_timeout_ms"),
+            ms(request_timeout),
+            k("lease_ttl_s"),
+            k("clock_drift_ppm"),
+            k("lease_margin_ms"),
+            ms(l.validity())
+        ));
+    }
+    // The store's own check, so that nothing the fence would refuse passes here.
+    l.validate_with(request_timeout)
+        .map_err(|err| StoreConfigError(format!("{key}: {err}")))?;
+    Ok(Some(l))
+}
+
 impl StoreSetting {
     /// Validates the setting. `key` is its name in messages (`store`); `example` a path to
     /// suggest when a SQLite path is not absolute. TLS files are read now.
@@ -302,7 +424,7 @@ impl StoreSetting {
             Raw::Table(t) => *t,
         };
         let k = |name: &str| format!("{key}.{name}");
-        let etcd_only: [(&str, bool); 10] = [
+        let etcd_only: [(&str, bool); 14] = [
             ("endpoints", t.endpoints.is_some()),
             ("prefix", t.prefix.is_some()),
             ("host_id", t.host_id.is_some()),
@@ -313,6 +435,10 @@ impl StoreSetting {
             ("connect_timeout_ms", t.connect_timeout_ms.is_some()),
             ("request_timeout_ms", t.request_timeout_ms.is_some()),
             ("command_timeout_ms", t.command_timeout_ms.is_some()),
+            ("lease_ttl_s", t.lease_ttl_s.is_some()),
+            ("lease_renew_ms", t.lease_renew_ms.is_some()),
+            ("lease_margin_ms", t.lease_margin_ms.is_some()),
+            ("clock_drift_ppm", t.clock_drift_ppm.is_some()),
         ];
         match t.kind.as_deref() {
             Some("sqlite") => {
@@ -475,6 +601,16 @@ impl Table {
                 config.command_timeout.as_millis()
             ));
         }
+        config.lease = lease(
+            [
+                t.lease_ttl_s,
+                t.lease_renew_ms,
+                t.lease_margin_ms,
+                t.clock_drift_ppm,
+            ],
+            key,
+            config.request_timeout,
+        )?;
         let pem_tls = match &t.ca {
             None => None,
             Some(ca) => {

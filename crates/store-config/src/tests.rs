@@ -326,3 +326,139 @@ fn opening_an_unanswered_cluster_is_unavailable_within_the_connect_timeout() {
         start.elapsed()
     );
 }
+
+#[test]
+fn lease_settings_of_an_etcd_table() {
+    let (c, _) = config_of(etcd("endpoints = [\"h:1\"]").unwrap());
+    assert_eq!(c.lease, None, "no lease key: the fence's defaults");
+    let (c, _) = config_of(
+        etcd(
+            "endpoints = [\"h:1\"]\nlease_ttl_s = 3\nlease_renew_ms = 500\n\
+             lease_margin_ms = 400\nclock_drift_ppm = 100\nrequest_timeout_ms = 1000",
+        )
+        .unwrap(),
+    );
+    assert_eq!(
+        c.lease,
+        Some(LeaseTiming {
+            ttl: Duration::from_secs(3),
+            renew_every: Duration::from_millis(500),
+            margin: Duration::from_millis(400),
+            drift_ppm: 100,
+        })
+    );
+    // One key given: the others keep the defaults of docs/etcd.md (renewal every 2 s, margin
+    // 1 s, 1 %).
+    let (c, _) = config_of(etcd("endpoints = [\"h:1\"]\nlease_ttl_s = 10").unwrap());
+    assert_eq!(
+        c.lease,
+        Some(LeaseTiming {
+            ttl: Duration::from_secs(10),
+            renew_every: Duration::from_secs(2),
+            margin: Duration::from_secs(1),
+            drift_ppm: 10_000,
+        })
+    );
+    // Just inside the request-timeout relation: 1000 + 1999 < 4 s − 1000 ms.
+    let (c, _) = config_of(
+        etcd(
+            "endpoints = [\"h:1\"]\nlease_ttl_s = 4\nlease_renew_ms = 1000\n\
+             lease_margin_ms = 1000\nclock_drift_ppm = 0\nrequest_timeout_ms = 1999",
+        )
+        .unwrap(),
+    );
+    assert!(c.lease.is_some());
+    // What a program that fences nothing refuses, in the order of the docs.
+    let f: File = toml::from_str(
+        "[store]\nkind = \"etcd\"\nendpoints = [\"h:1\"]\nclock_drift_ppm = 5\nlease_ttl_s = 9",
+    )
+    .unwrap();
+    assert_eq!(f.store.lease_keys(), ["lease_ttl_s", "clock_drift_ppm"]);
+    assert!(StoreSetting::sqlite("/a.db").lease_keys().is_empty());
+    assert_eq!(
+        resolve("[store]\nkind = \"sqlite\"\npath = \"/a\"\nlease_ttl_s = 6").unwrap_err(),
+        "store.lease_ttl_s is an etcd setting; kind = \"sqlite\" takes only path"
+    );
+}
+
+#[test]
+fn bad_lease_settings_name_the_key_and_what_was_expected() {
+    let cases: &[(&str, &str)] = &[
+        (
+            "lease_ttl_s = 0",
+            "store.lease_ttl_s = 0: expected 1 to 3600 (whole seconds: etcd grants a lease's \
+             TTL in seconds), e.g. 6",
+        ),
+        (
+            "lease_ttl_s = 7200",
+            "store.lease_ttl_s = 7200: expected 1 to 3600 (whole seconds: etcd grants a lease's \
+             TTL in seconds), e.g. 6",
+        ),
+        (
+            "lease_renew_ms = 50",
+            "store.lease_renew_ms = 50: expected 100 to 600000 (milliseconds between renewal \
+             rounds), e.g. 2000",
+        ),
+        (
+            "lease_margin_ms = 0",
+            "store.lease_margin_ms = 0: expected 100 to 600000 (milliseconds; at least the \
+             longest medium write in flight), e.g. 1000",
+        ),
+        (
+            "clock_drift_ppm = 500000",
+            "store.clock_drift_ppm = 500000: expected 0 to 499999 (parts per million; 10000 = \
+             1 %)",
+        ),
+        (
+            "clock_drift_ppm = -1",
+            "store.clock_drift_ppm = -1: expected 0 to 499999 (parts per million; 10000 = 1 %)",
+        ),
+        // Margin and renewal period must fit in the TTL shrunk by the drift bound.
+        (
+            "lease_ttl_s = 2\nclock_drift_ppm = 0",
+            "store.lease_margin_ms = 1000 + store.lease_renew_ms = 2000 leave nothing of \
+             store.lease_ttl_s = 2 × (1 − store.clock_drift_ppm = 0 ppm) = 2000 ms: media I/O \
+             would stop between renewals; renew more often or lengthen the TTL",
+        ),
+        // A round taking the whole request timeout (default 2000 ms) must end in the validity.
+        (
+            "lease_ttl_s = 4\nlease_renew_ms = 1000\nlease_margin_ms = 1000\nclock_drift_ppm = 0",
+            "store.lease_renew_ms = 1000 + store.request_timeout_ms = 2000 must be shorter than \
+             store.lease_ttl_s × (1 − store.clock_drift_ppm) − store.lease_margin_ms = 3000 ms: \
+             a renewal round that takes the whole request timeout would stop media I/O on a \
+             healthy host; renew more often, shorten request_timeout_ms or lengthen the TTL",
+        ),
+    ];
+    for (lines, want) in cases {
+        let lines = format!("endpoints = [\"h:1\"]\n{lines}");
+        assert_eq!(etcd(&lines).unwrap_err(), *want, "for {lines:?}");
+    }
+    let e = etcd("endpoints = [\"h:1\"]\nlease_ttl_s = 1.5").unwrap_err();
+    assert!(
+        e.contains("invalid type: floating point `1.5`, expected i64"),
+        "{e}"
+    );
+    let e = etcd("endpoints = [\"h:1\"]\nlease_ttl_ms = 6000").unwrap_err();
+    assert!(e.contains("unknown field `lease_ttl_ms`"), "{e}");
+}
+
+#[test]
+fn the_worked_lease_example_of_the_docs() {
+    // docs/etcd.md, "Worked example: a faster failover".
+    let example = "endpoints = [\"10.0.0.1:2379\", \"10.0.0.2:2379\", \"10.0.0.3:2379\"]\n\
+                   host_id = \"hv1\"\nrequest_timeout_ms = 1000\nlease_renew_ms = 750\n\
+                   lease_margin_ms = 500\nclock_drift_ppm = 10000";
+    let (c, _) = config_of(etcd(&format!("{example}\nlease_ttl_s = 3")).unwrap());
+    let l = c.lease.unwrap();
+    assert_eq!(l.shrink(l.ttl), Duration::from_millis(2970));
+    assert_eq!(l.validity(), Duration::from_millis(2470));
+    assert_eq!(l.ack_wait(), Duration::from_secs(7));
+    let e = etcd(&format!("{example}\nlease_ttl_s = 2")).unwrap_err();
+    assert_eq!(
+        e,
+        "store.lease_renew_ms = 750 + store.request_timeout_ms = 1000 must be shorter than \
+         store.lease_ttl_s × (1 − store.clock_drift_ppm) − store.lease_margin_ms = 1480 ms: a \
+         renewal round that takes the whole request timeout would stop media I/O on a healthy \
+         host; renew more often, shorten request_timeout_ms or lengthen the TTL"
+    );
+}

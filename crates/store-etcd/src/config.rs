@@ -4,6 +4,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use pr_store::StoreError;
+
+use crate::fence::LeaseTiming;
 use serde::{Deserialize, Serialize};
 
 /// Client certificate files for TLS to etcd (PEM).
@@ -94,6 +96,11 @@ pub struct EtcdConfig {
     /// [`StoreError::Unavailable`] or [`StoreError::OutcomeUnknown`], never a hang.
     #[serde(default = "default_command", with = "millis")]
     pub command_timeout: Duration,
+    /// The timings of the lease fence that pr-target runs on this store (absent: not
+    /// configured, [`LeaseTiming::default`]). A store client that fences nothing (pr-helper's
+    /// emulate backend) has none.
+    #[serde(default)]
+    pub lease: Option<LeaseTiming>,
 }
 
 fn default_prefix() -> String {
@@ -109,7 +116,7 @@ fn default_command() -> Duration {
     Duration::from_secs(5)
 }
 
-mod millis {
+pub(crate) mod millis {
     use serde::{Deserialize, Deserializer, Serializer};
     use std::time::Duration;
 
@@ -137,6 +144,7 @@ impl EtcdConfig {
             connect_timeout: default_connect(),
             request_timeout: default_request(),
             command_timeout: default_command(),
+            lease: None,
         }
     }
 
@@ -223,6 +231,9 @@ impl EtcdConfig {
                  must allow at least one request",
                 self.request_timeout, self.command_timeout
             ));
+        }
+        if let Some(l) = &self.lease {
+            l.validate_with(self.request_timeout)?;
         }
         Ok(())
     }

@@ -26,64 +26,109 @@ use etcd_client::{
 };
 use pr_engine::{Access, CommandClass, EngineConfig, LogicalUnit, Nexus};
 use pr_store::{LuId, StoreError};
+use serde::{Deserialize, Serialize};
 
 use crate::record::{Stored, FORMAT};
 use crate::store::{Committed, EtcdStore, MAX_VALUE_LEN};
 
-/// Timing assumptions of the lease (all configurable; docs/etcd.md gives the argument). What a
-/// configuration file would set: `ttl`, `renew_every`, `margin` (durations) and `drift` (a
-/// fraction).
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// Timing assumptions of the lease (docs/etcd.md gives the argument). Configured in the etcd
+/// `store` table of pr-target as `lease_ttl_s`, `lease_renew_ms`, `lease_margin_ms` and
+/// `clock_drift_ppm` (pr-store-config), or in [`crate::EtcdConfig::lease`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct LeaseTiming {
     /// The lease's TTL in etcd (whole seconds; etcd raises a shorter one to its minimum,
     /// 1.5 × its election timeout, and the granted TTL is what counts).
+    #[serde(with = "crate::config::millis")]
     pub ttl: Duration,
-    /// How often a keep-alive is sent (about a third of the TTL).
+    /// How often a renewal round starts (the pause after one round ends).
+    #[serde(with = "crate::config::millis")]
     pub renew_every: Duration,
     /// Safety margin `M`: media I/O stops this long before the earliest instant the lease can
     /// expire in etcd; it must cover the longest medium write in flight (the drain).
+    #[serde(with = "crate::config::millis")]
     pub margin: Duration,
-    /// Bound `ρ` on how much faster this host's monotonic clock may run slow against the etcd
-    /// leader's (0.01 = 1 %).
-    pub drift: f64,
+    /// Bound `ρ` on how much slower this host's monotonic clock may run than the etcd
+    /// leader's, in parts per million (10 000 = 1 %).
+    pub drift_ppm: u32,
 }
 
+/// Longest lease TTL accepted.
+pub const MAX_LEASE_TTL: Duration = Duration::from_secs(3600);
+/// Shortest renewal period accepted (a round is a keep-alive and a transaction).
+pub const MIN_RENEW: Duration = Duration::from_millis(100);
+/// Shortest margin accepted: it bounds a medium write in flight, never nothing.
+pub const MIN_MARGIN: Duration = Duration::from_millis(100);
+/// Largest clock drift bound accepted, in ppm (below 50 %).
+pub const MAX_DRIFT_PPM: u32 = 499_999;
+
 impl Default for LeaseTiming {
-    /// TTL 6 s, renewal every 2 s, margin 1 s, drift 1 %.
+    /// TTL 6 s, renewal every 2 s, margin 1 s, drift 1 % (10 000 ppm).
     fn default() -> Self {
         LeaseTiming {
             ttl: Duration::from_secs(6),
             renew_every: Duration::from_secs(2),
             margin: Duration::from_secs(1),
-            drift: 0.01,
+            drift_ppm: 10_000,
         }
     }
 }
 
 impl LeaseTiming {
-    /// Checks the timings against each other, naming the one that is wrong.
+    /// `ρ` as a fraction.
+    pub fn drift(&self) -> f64 {
+        f64::from(self.drift_ppm) / 1e6
+    }
+
+    /// `d × (1 − ρ)`, in whole nanoseconds rounded down (integer arithmetic: exact).
+    pub fn shrink(&self, d: Duration) -> Duration {
+        let keep = 1_000_000 - u128::from(self.drift_ppm.min(1_000_000));
+        let n = d.as_nanos() * keep / 1_000_000;
+        Duration::from_nanos(u64::try_from(n).unwrap_or(u64::MAX))
+    }
+
+    /// How long media I/O stays allowed after the start of a successful renewal round that
+    /// etcd granted the configured TTL: `ttl × (1 − ρ) − margin` (zero if nothing is left).
+    pub fn validity(&self) -> Duration {
+        self.shrink(self.ttl).saturating_sub(self.margin)
+    }
+
+    /// Checks the timings on their own and against each other, naming the one that is wrong.
     pub fn validate(&self) -> Result<(), StoreError> {
         let bad = |detail: String| Err(StoreError::Config { detail });
         if self.ttl < Duration::from_secs(1) || self.ttl.subsec_nanos() != 0 {
             return bad(format!(
-                "lease ttl {:?}: expected whole seconds, at least 1",
+                "lease ttl {:?}: expected whole seconds, at least 1 (etcd grants whole seconds)",
                 self.ttl
             ));
         }
-        if self.ttl > Duration::from_secs(3600) {
-            return bad(format!("lease ttl {:?}: expected at most 3600 s", self.ttl));
-        }
-        if !(0.0..0.5).contains(&self.drift) {
+        if self.ttl > MAX_LEASE_TTL {
             return bad(format!(
-                "lease drift {}: expected a fraction from 0 to 0.5 (0.01 = 1 %)",
-                self.drift
+                "lease ttl {:?}: expected at most {} s",
+                self.ttl,
+                MAX_LEASE_TTL.as_secs()
             ));
         }
-        if self.renew_every.is_zero() {
-            return bad("lease renew_every 0: expected a positive duration".into());
+        if self.drift_ppm > MAX_DRIFT_PPM {
+            return bad(format!(
+                "lease drift {} ppm: expected 0 to {MAX_DRIFT_PPM} ppm (10000 = 1 %)",
+                self.drift_ppm
+            ));
         }
-        let usable = self.ttl.mul_f64(1.0 - self.drift);
-        if self.margin + self.renew_every >= usable {
+        if self.renew_every < MIN_RENEW {
+            return bad(format!(
+                "lease renew_every {:?}: expected at least {MIN_RENEW:?}",
+                self.renew_every
+            ));
+        }
+        if self.margin < MIN_MARGIN {
+            return bad(format!(
+                "lease margin {:?}: expected at least {MIN_MARGIN:?} (it must cover the \
+                 longest medium write in flight)",
+                self.margin
+            ));
+        }
+        if self.margin + self.renew_every >= self.shrink(self.ttl) {
             return bad(format!(
                 "lease margin {:?} + renew_every {:?} leave nothing of ttl {:?} × (1 − drift): \
                  renew more often or lengthen the ttl",
@@ -93,10 +138,35 @@ impl LeaseTiming {
         Ok(())
     }
 
+    /// [`LeaseTiming::validate`], and the relation with the store's `request_timeout` (which
+    /// bounds a renewal round): `renew_every + request_timeout < ttl × (1 − ρ) − margin`, so
+    /// that a round that starts on time and takes up to the whole request timeout still ends
+    /// before the validity of the round before it runs out (else one slow round stops media
+    /// I/O on a healthy host).
+    pub fn validate_with(&self, request_timeout: Duration) -> Result<(), StoreError> {
+        self.validate()?;
+        if self.renew_every + request_timeout >= self.validity() {
+            return Err(StoreError::Config {
+                detail: format!(
+                    "lease renew_every {:?} + request_timeout {:?} must be shorter than ttl \
+                     {:?} × (1 − drift) − margin {:?} = {:?}: a renewal round taking the whole \
+                     request timeout would let media I/O stop on a healthy host; renew more \
+                     often, shorten the request timeout or lengthen the ttl",
+                    self.renew_every,
+                    request_timeout,
+                    self.ttl,
+                    self.margin,
+                    self.validity()
+                ),
+            });
+        }
+        Ok(())
+    }
+
     /// The instant until which media I/O is allowed after a renewal that was sent at `sent`
     /// and granted `granted` (etcd's answer): `sent + granted × (1 − drift) − margin`.
     pub fn valid_until(&self, sent: Instant, granted: Duration) -> Option<Instant> {
-        (sent + granted.mul_f64(1.0 - self.drift)).checked_sub(self.margin)
+        (sent + self.shrink(granted)).checked_sub(self.margin)
     }
 
     /// How long a command that takes access away waits for other hosts' acknowledgements: a
@@ -136,6 +206,9 @@ struct LeaseState {
     /// The TTL etcd granted the lease.
     ttl: Duration,
     renewals: u64,
+    /// Renewal rounds started and ended (successful or not).
+    rounds_started: u64,
+    rounds_ended: u64,
     grants: u64,
     last_error: Option<String>,
 }
@@ -383,41 +456,48 @@ impl Shared {
             if self.stop.load(Ordering::SeqCst) {
                 return;
             }
-            // The validity is measured from before the keep-alive is sent.
-            let mut sent = Instant::now();
-            let mut id = self.lease_id();
-            let mut granted = match self.keep_alive(id).await {
-                Ok(t) => t,
+            lock(&self.lease).rounds_started += 1;
+            self.round().await;
+            lock(&self.lease).rounds_ended += 1;
+        }
+    }
+
+    /// One renewal round (see the module documentation).
+    async fn round(self: &Arc<Self>) {
+        // The validity is measured from before the keep-alive is sent.
+        let mut sent = Instant::now();
+        let mut id = self.lease_id();
+        let mut granted = match self.keep_alive(id).await {
+            Ok(t) => t,
+            Err(e) => {
+                self.error(e);
+                return;
+            }
+        };
+        if granted.is_zero() {
+            // The lease is gone in etcd (this host was cut off longer than its TTL; it
+            // stopped media I/O before). A new lease, then the view check as usual.
+            self.valid_until.store(0, Ordering::Release);
+            self.error("the lease expired in etcd; granting a new one".into());
+            match self.grant().await {
+                Ok((i, t, s)) => (id, granted, sent) = (i, t, s),
                 Err(e) => {
                     self.error(e);
-                    continue;
-                }
-            };
-            if granted.is_zero() {
-                // The lease is gone in etcd (this host was cut off longer than its TTL; it
-                // stopped media I/O before). A new lease, then the view check as usual.
-                self.valid_until.store(0, Ordering::Release);
-                self.error("the lease expired in etcd; granting a new one".into());
-                match self.grant().await {
-                    Ok((i, t, s)) => (id, granted, sent) = (i, t, s),
-                    Err(e) => {
-                        self.error(e);
-                        continue;
-                    }
+                    return;
                 }
             }
-            let deadline = sent + self.parts.request_timeout;
-            match self.view_round(id, deadline).await {
-                Ok(()) => {
-                    if let Some(until) = self.timing.valid_until(sent, granted) {
-                        self.extend(until);
-                    }
-                    let mut l = lock(&self.lease);
-                    l.renewals += 1;
-                    l.last_error = None;
+        }
+        let deadline = sent + self.parts.request_timeout;
+        match self.view_round(id, deadline).await {
+            Ok(()) => {
+                if let Some(until) = self.timing.valid_until(sent, granted) {
+                    self.extend(until);
                 }
-                Err(e) => self.error(e),
+                let mut l = lock(&self.lease);
+                l.renewals += 1;
+                l.last_error = None;
             }
+            Err(e) => self.error(e),
         }
     }
 
@@ -544,8 +624,8 @@ impl HostFence {
     /// and watches the logical units. Media I/O is allowed from the first successful renewal
     /// round on (it starts at once).
     pub fn start(store: Arc<EtcdStore>, timing: LeaseTiming) -> Result<HostFence, StoreError> {
-        timing.validate()?;
         let parts = store.parts();
+        timing.validate_with(parts.request_timeout)?;
         let (tx, rx) = mpsc::channel();
         let shared = Arc::new(Shared {
             parts: parts.clone(),
@@ -648,6 +728,18 @@ impl HostFence {
     /// Successful renewal rounds so far.
     pub fn renewals(&self) -> u64 {
         lock(&self.shared.lease).renewals
+    }
+
+    /// Renewal rounds started and ended so far (successful or not): equal when no round is in
+    /// flight.
+    pub fn rounds(&self) -> (u64, u64) {
+        let l = lock(&self.shared.lease);
+        (l.rounds_started, l.rounds_ended)
+    }
+
+    /// The TTL etcd granted this host's current lease (zero before the first grant).
+    pub fn granted_ttl(&self) -> Duration {
+        lock(&self.shared.lease).ttl
     }
 
     /// Leases granted so far (1, plus one per expiry lived through).
@@ -764,7 +856,14 @@ impl LuFence {
     /// and drained the I/O it refuses) or its acknowledgement is gone with its lease, at most
     /// [`LeaseTiming::ack_wait`]. The error names the hosts that did neither.
     pub fn wait_acks(&self, revision: i64) -> Result<(), StoreError> {
-        let timeout = self.shared.timing.ack_wait();
+        // etcd may have granted more than the configured TTL (its minimum is 1.5 × the
+        // election timeout); other hosts of the same cluster get as much.
+        let granted = lock(&self.shared.lease).ttl;
+        let timeout = self
+            .shared
+            .timing
+            .ack_wait()
+            .max(granted * 2 + Duration::from_secs(1));
         let s = Arc::clone(&self.shared);
         let prefix = s.ack_prefix(&self.lu);
         let r = self.shared.parts.runtime.block_on(async move {

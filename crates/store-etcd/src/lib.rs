@@ -33,4 +33,6 @@ pub mod workload;
 
 pub use config::{EtcdConfig, TlsFiles, TlsPem, MAX_ENDPOINTS, MAX_PREFIX_LEN};
 pub use record::{ClientEntry, RecordedOutcome, Stored, FORMAT, MAX_CLIENTS};
-pub use store::{Committed, EtcdStatistics, EtcdStore, MAX_IMPORT, MAX_VALUE_LEN};
+pub use store::{
+    Committed, EtcdStatistics, EtcdStore, HostLease, MAX_IMPORT, MAX_LISTED_HOSTS, MAX_VALUE_LEN,
+};

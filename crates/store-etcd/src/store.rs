@@ -49,6 +49,22 @@ struct Counters {
     deduplicated: AtomicU64,
 }
 
+/// Most hosts [`EtcdStore::host_leases`] lists.
+pub const MAX_LISTED_HOSTS: usize = 1024;
+
+/// A host's lease fence as etcd reports it ([`EtcdStore::host_leases`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostLease {
+    /// The host's identity in the keys (`HOST#INCARNATION`).
+    pub host: String,
+    /// Its lease's id.
+    pub lease: i64,
+    /// The TTL etcd granted the lease (`None`: it expired meanwhile).
+    pub granted_ttl: Option<Duration>,
+    /// The time it has left (`None`: it expired meanwhile).
+    pub remaining: Option<Duration>,
+}
+
 /// The etcd store (see the crate documentation and docs/etcd.md).
 pub struct EtcdStore {
     runtime: tokio::runtime::Runtime,
@@ -463,6 +479,55 @@ impl EtcdStore {
                     "no answer",
                 )),
             }
+        })
+    }
+
+    /// The hosts whose lease fence runs on this store's prefix (the `PREFIX hosts/` keys), each
+    /// with its lease as etcd reports it: for operators and tests checking from elsewhere which
+    /// TTL a host's lease was granted. At most [`MAX_LISTED_HOSTS`] are listed.
+    pub fn host_leases(&self) -> Result<Vec<HostLease>, StoreError> {
+        let mut kv = self.inner.client.kv_client();
+        let mut lease = self.inner.client.lease_client();
+        let inner = Arc::clone(&self.inner);
+        let prefix = format!("{}hosts/", self.inner.config.prefix);
+        let wait = self.inner.config.request_timeout;
+        let unavailable = move |inner: &Inner| {
+            StoreError::unavailable(
+                &inner.describe,
+                None,
+                "reading host leases",
+                wait,
+                "no answer",
+            )
+        };
+        let server = |inner: &Inner, e: etcd_client::Error| {
+            StoreError::server(&inner.describe, None, "reading host leases", e.to_string())
+        };
+        self.block(wait * 2, async move {
+            let options = GetOptions::new()
+                .with_prefix()
+                .with_limit(MAX_LISTED_HOSTS as i64);
+            let r = tokio::time::timeout(wait, kv.get(prefix.clone(), Some(options)))
+                .await
+                .map_err(|_| unavailable(&*inner))?
+                .map_err(|e| server(&*inner, e))?;
+            let mut hosts = Vec::new();
+            for kv in r.kvs() {
+                let host = String::from_utf8_lossy(kv.key().get(prefix.len()..).unwrap_or(&[]))
+                    .into_owned();
+                let t = tokio::time::timeout(wait, lease.time_to_live(kv.lease(), None))
+                    .await
+                    .map_err(|_| unavailable(&*inner))?
+                    .map_err(|e| server(&*inner, e))?;
+                let secs = |v: i64| (v >= 0).then(|| Duration::from_secs(v as u64));
+                hosts.push(HostLease {
+                    host,
+                    lease: kv.lease(),
+                    granted_ttl: secs(t.granted_ttl()),
+                    remaining: secs(t.ttl()),
+                });
+            }
+            Ok(hosts)
         })
     }
 

@@ -32,7 +32,7 @@ fn lease_timing() -> LeaseTiming {
         ttl: Duration::from_secs(4),
         renew_every: Duration::from_millis(500),
         margin: Duration::from_millis(1500),
-        drift: 0.01,
+        drift_ppm: 10_000,
     }
 }
 
@@ -367,7 +367,7 @@ fn lease_timings_are_checked() {
         ttl: Duration::from_secs(2),
         renew_every: Duration::from_secs(1),
         margin: Duration::from_secs(1),
-        drift: 0.01,
+        drift_ppm: 10_000,
     };
     assert!(t
         .validate()
@@ -375,11 +375,34 @@ fn lease_timings_are_checked() {
         .to_string()
         .contains("renew more often"));
     let t = LeaseTiming {
-        drift: 0.7,
+        drift_ppm: 700_000,
         ..LeaseTiming::default()
     };
-    assert!(t.validate().unwrap_err().to_string().contains("drift 0.7"));
+    assert!(t
+        .validate()
+        .unwrap_err()
+        .to_string()
+        .contains("drift 700000 ppm"));
+    let t = LeaseTiming {
+        margin: Duration::ZERO,
+        ..LeaseTiming::default()
+    };
+    assert!(t
+        .validate()
+        .unwrap_err()
+        .to_string()
+        .contains("margin 0ns: expected at least 100ms"));
     LeaseTiming::default().validate().unwrap();
+    // With the store's request timeout: a round taking the whole of it must still end
+    // within the validity (6 s × 0.99 − 1 s = 4.94 s).
+    LeaseTiming::default()
+        .validate_with(Duration::from_secs(2))
+        .unwrap();
+    let e = LeaseTiming::default()
+        .validate_with(Duration::from_secs(3))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("renew_every 2s + request_timeout 3s"), "{e}");
     // The validity is measured from the send, shrunk by the drift bound, less the margin.
     let t = LeaseTiming::default();
     let sent = Instant::now();

@@ -2,7 +2,7 @@
 //!
 //! ```toml
 //! # Where reservations live: a SQLite file of this host (the default) or, for an LU shared by
-//! # several hosts, an etcd cluster (pr-store-config: endpoints, TLS files, prefix, timeouts):
+//! # several hosts, an etcd cluster (pr-store-config: endpoints, TLS files, prefix, timeouts, lease timings):
 //! #   store = { kind = "etcd", endpoints = ["10.0.0.1:2379", "10.0.0.2:2379", "10.0.0.3:2379"] }
 //! # Each LU may name its own.
 //! store = "/var/lib/pr-target/reservations.db"

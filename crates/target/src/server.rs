@@ -9,7 +9,7 @@ use std::thread::JoinHandle;
 use pr_engine::EngineConfig;
 use pr_store::{SqliteOptions, StoreError};
 use pr_store_config::{OpenedStore, StoreSelection};
-use pr_store_etcd::fence::{HostFence, LeaseTiming};
+use pr_store_etcd::fence::HostFence;
 use tracing::{error, info};
 use vhost::vhost_user::Listener;
 use vhost_user_backend::VhostUserDaemon;
@@ -92,9 +92,25 @@ impl Server {
                         .map_err(store_error)?;
                     info!("store {} open", l.store);
                     if let OpenedStore::Etcd(etcd) = &s {
-                        let fence = HostFence::start(etcd.clone(), LeaseTiming::default())
-                            .map_err(store_error)?;
-                        info!("store {}: this host's lease fence started", l.store);
+                        // The configured lease timings (validated with the configuration),
+                        // else the defaults.
+                        let timing = match &l.store {
+                            StoreSelection::Etcd { config, .. } => config.lease,
+                            StoreSelection::Sqlite { .. } => None,
+                        }
+                        .unwrap_or_default();
+                        let fence = HostFence::start(etcd.clone(), timing).map_err(store_error)?;
+                        info!(
+                            "store {}: this host's lease fence started (TTL {} s granted for \
+                             {} s asked, renewal every {} ms, margin {} ms, clock drift bound \
+                             {} ppm)",
+                            l.store,
+                            fence.granted_ttl().as_secs(),
+                            timing.ttl.as_secs(),
+                            timing.renew_every.as_millis(),
+                            timing.margin.as_millis(),
+                            timing.drift_ppm
+                        );
                         fences.push((&l.store, fence));
                     }
                     stores.push((&l.store, s.clone()));

@@ -109,6 +109,17 @@ fn check_validates_etcd_settings_naming_the_line_and_key() {
             "t.toml:1: store.request_timeout_ms = 0: expected 10 to 600000 (milliseconds)",
         ),
         (
+            "# the lease fence\n[store]\nkind = \"etcd\"\nendpoints = [\"10.0.0.1:2379\"]\n\
+             lease_ttl_s = 3\nlease_margin_ms = 5",
+            "t.toml:2: store.lease_margin_ms = 5: expected 100 to 600000 (milliseconds; at \
+             least the longest medium write in flight), e.g. 1000",
+        ),
+        (
+            "store = { kind = \"etcd\", endpoints = [\"10.0.0.1:2379\"], lease_ttl_s = 2 }",
+            "t.toml:1: store.lease_margin_ms = 1000 + store.lease_renew_ms = 2000 leave nothing \
+             of store.lease_ttl_s = 2",
+        ),
+        (
             "store = \"relative.db\"",
             "t.toml:1: store = \"relative.db\" must be an absolute path",
         ),
@@ -142,7 +153,8 @@ fn starts_on_an_etcd_store_serves_and_drains_on_sigterm() {
     assert!(o.state.is_some());
     let dir = setup(&format!(
         "store = {{ kind = \"etcd\", endpoints = [{}], prefix = \"/target-start/\", host_id = \
-         \"hv-a\" }}",
+         \"hv-a\", request_timeout_ms = 1000, lease_ttl_s = 3, lease_renew_ms = 500, \
+         lease_margin_ms = 500 }}",
         list(&cluster.endpoints())
     ));
     let mut t = Command::new(BIN)
@@ -172,6 +184,16 @@ fn starts_on_an_etcd_store_serves_and_drains_on_sigterm() {
         keys.reply.data,
         [0, 0, 0, 1, 0, 0, 0, 8, 0, 0, 0, 0, 0, 0, 0x42, 0x42]
     );
+    // Its lease fence runs with the configured timings: etcd granted the lease of its host key
+    // the configured 3 s (the default is 6 s), as etcd itself reports it.
+    let hosts = other.host_leases().unwrap();
+    assert_eq!(hosts.len(), 1, "one fenced host: {hosts:?}");
+    assert!(hosts[0].host.starts_with("hv-a#"), "{hosts:?}");
+    assert_eq!(
+        hosts[0].granted_ttl,
+        Some(Duration::from_secs(3)),
+        "{hosts:?}"
+    );
     let pid = rustix::process::Pid::from_raw(t.id() as i32).unwrap();
     rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
     let status = t.wait().unwrap();
@@ -180,6 +202,13 @@ fn starts_on_an_etcd_store_serves_and_drains_on_sigterm() {
     assert!(status.success(), "{status:?}: {log}");
     assert!(
         log.contains("store etcd [http://") && log.contains("/target-start/ open"),
+        "{log}"
+    );
+    assert!(
+        log.contains(
+            "lease fence started (TTL 3 s granted for 3 s asked, renewal every 500 ms, margin \
+             500 ms, clock drift bound 10000 ppm)"
+        ),
         "{log}"
     );
     assert!(log.contains("clean shutdown"), "{log}");

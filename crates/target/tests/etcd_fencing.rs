@@ -32,7 +32,7 @@ fn lease_timing() -> LeaseTiming {
         ttl: Duration::from_secs(4),
         renew_every: Duration::from_millis(500),
         margin: Duration::from_millis(1500),
-        drift: 0.01,
+        drift_ppm: 10_000,
     }
 }
 
@@ -106,13 +106,25 @@ impl Host {
 
 /// One pr-target's logical unit on `path`, shared through etcd at `endpoints`.
 fn host(endpoints: Vec<String>, id: &str, prefix: &str, path: &std::path::Path, n: Nexus) -> Host {
+    host_with(endpoints, id, prefix, path, n, lease_timing())
+}
+
+/// [`host`] with its lease fence on `timing`.
+fn host_with(
+    endpoints: Vec<String>,
+    id: &str,
+    prefix: &str,
+    path: &std::path::Path,
+    n: Nexus,
+    timing: LeaseTiming,
+) -> Host {
     let mut c = EtcdConfig::new(endpoints);
     c.host_id = Some(id.into());
     c.prefix = prefix.into();
     c.request_timeout = Duration::from_secs(1);
     c.command_timeout = Duration::from_secs(3);
     let store = Arc::new(EtcdStore::open(c).unwrap());
-    let fence = HostFence::start(Arc::clone(&store), lease_timing()).unwrap();
+    let fence = HostFence::start(Arc::clone(&store), timing).unwrap();
     let disk = Held {
         file: Backing::open_shared(path, false).unwrap(),
         armed: Mutex::new(None),
@@ -153,6 +165,12 @@ const REGISTER: [u8; 10] = [0x5f, 0x00, 0, 0, 0, 0, 0, 0, 24, 0];
 const RESERVE_WE_RO: [u8; 10] = [0x5f, 0x01, 0x05, 0, 0, 0, 0, 0, 24, 0];
 const PREEMPT_WE_RO: [u8; 10] = [0x5f, 0x04, 0x05, 0, 0, 0, 0, 0, 24, 0];
 const PREEMPT_ABORT_WE_RO: [u8; 10] = [0x5f, 0x05, 0x05, 0, 0, 0, 0, 0, 24, 0];
+
+/// SBC-3 READ (10) of one block at `lba`.
+fn read10(lba: u64) -> [u8; 10] {
+    let l = (lba as u32).to_be_bytes();
+    [0x28, 0, l[0], l[1], l[2], l[3], 0, 0, 1, 0]
+}
 
 /// SBC-3 WRITE (10) of one block at `lba`.
 fn write10(lba: u64) -> [u8; 10] {
@@ -536,4 +554,143 @@ fn a_shared_backing_admits_other_fenced_targets_and_refuses_a_local_one() {
     assert!(matches!(e, BackingError::LockedExclusive { .. }));
     assert!(e.to_string().contains("locked exclusively"), "{e}");
     drop(local);
+}
+
+/// The gRPC messages the cluster's members have received so far, by etcd's own count (its
+/// `/metrics` page on each client URL: `grpc_server_msg_received_total`, summed over methods
+/// and members; a unary request is one message, a stream counts each).
+fn etcd_messages_received(cluster: &Cluster) -> u64 {
+    use std::io::{Read, Write};
+    let mut total = 0u64;
+    for m in &cluster.members {
+        let addr = m.client_addr();
+        let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+            .unwrap_or_else(|e| panic!("connecting to {addr} for /metrics: {e}"));
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(s, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+        let mut page = String::new();
+        s.read_to_string(&mut page)
+            .unwrap_or_else(|e| panic!("reading {addr}/metrics: {e}"));
+        let mut found = false;
+        for line in page.lines() {
+            if let Some(rest) = line.strip_prefix("grpc_server_msg_received_total{") {
+                let v = rest.rsplit(' ').next().unwrap_or("");
+                let v: f64 = v
+                    .parse()
+                    .unwrap_or_else(|_| panic!("{addr}/metrics: not a count: {line}"));
+                total += v as u64;
+                found = true;
+            }
+        }
+        assert!(
+            found,
+            "{addr}/metrics has no grpc_server_msg_received_total: {}",
+            page.chars().take(300).collect::<String>()
+        );
+    }
+    total
+}
+
+/// The claim of docs/etcd.md and docs/performance.md that steady-state media I/O on a shared
+/// LU makes no etcd round trip, counted by etcd itself: while one host runs thousands of READs
+/// and WRITEs through pr-target's request execution under a reservation, the cluster receives
+/// no gRPC message at all (the window is taken between two renewal rounds of a long renewal
+/// period; a window that a round fell into is taken again). A PR OUT afterwards is counted,
+/// so the count does see this host's requests.
+#[test]
+fn steady_state_media_io_sends_etcd_no_request() {
+    const IOS: u64 = 2000;
+    let cluster = Cluster::start(
+        3,
+        Timing {
+            heartbeat: Duration::from_millis(50),
+            election: Duration::from_millis(500),
+        },
+    )
+    .expect("etcd cluster");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("shared0.img");
+    std::fs::write(&path, vec![0u8; FILE_BLOCKS as usize * BLOCK]).unwrap();
+    let prefix = "/no-round-trip/";
+    // Another host registers both nexuses and reserves WRITE EXCLUSIVE - REGISTRANTS ONLY for
+    // B, then leaves: A's writes are allowed by its registration, checked on every command.
+    {
+        let mut c = EtcdConfig::new(cluster.endpoints());
+        c.prefix = prefix.into();
+        c.host_id = Some("setup".into());
+        let other = EtcdStore::open(c).unwrap();
+        let lu = LuId::new("shared0").unwrap();
+        let cfg = EngineConfig::default();
+        for (n, cdb, p) in [
+            (nexus("b", 2), REGISTER, params(0, 0xb)),
+            (nexus("b", 2), RESERVE_WE_RO, params(0xb, 0)),
+            (nexus("a", 1), REGISTER, params(0, 0xa)),
+        ] {
+            let o = other.execute(&lu, &n, &cdb, &p, &cfg).unwrap();
+            assert_eq!(o.reply.status, Status::GOOD);
+        }
+    }
+    // Renewal rounds 10 s apart (TTL 30 s): the windows fall between them.
+    let timing = LeaseTiming {
+        ttl: Duration::from_secs(30),
+        renew_every: Duration::from_secs(10),
+        margin: Duration::from_secs(1),
+        drift_ppm: 10_000,
+    };
+    let a = host_with(
+        cluster.endpoints(),
+        "a",
+        prefix,
+        &path,
+        nexus("a", 1),
+        timing,
+    );
+    wait_for("A allowing media I/O", Duration::from_secs(10), || {
+        a.fence.media_allowed()
+    });
+    // Warm-up: the first commands of the nexus on this state.
+    for lba in 0..10 {
+        assert_eq!(a.cmd(&write10(lba), &block(b'A', lba)).status, Status::GOOD);
+        assert_eq!(a.cmd(&read10(lba), &[]).status, Status::GOOD);
+    }
+    let mut clean = None;
+    for attempt in 0..3 {
+        wait_for(
+            "no renewal round in flight",
+            Duration::from_secs(20),
+            || {
+                let (started, ended) = a.fence.rounds();
+                started == ended
+            },
+        );
+        let rounds = a.fence.rounds();
+        let before = etcd_messages_received(&cluster);
+        for i in 0..IOS / 2 {
+            let lba = i % REGION;
+            let w = a.cmd(&write10(lba), &block(b'A', i));
+            assert_eq!(w.status, Status::GOOD, "write {i}: {w:?}");
+            let r = a.cmd(&read10(lba), &[]);
+            assert_eq!(r.status, Status::GOOD, "read {i}: {r:?}");
+        }
+        let after = etcd_messages_received(&cluster);
+        if a.fence.rounds() != rounds {
+            eprintln!("window {attempt}: a renewal round fell into it; again");
+            continue;
+        }
+        clean = Some(after - before);
+        break;
+    }
+    let during = clean.expect("a window without a renewal round in 3 tries (10 s apart)");
+    assert_eq!(
+        during, 0,
+        "etcd received {during} gRPC messages during {IOS} media I/Os in steady state"
+    );
+    // The count sees this host: a PR OUT (a new key for A) is a transaction.
+    let before = etcd_messages_received(&cluster);
+    assert_eq!(a.cmd(&REGISTER, &params(0xa, 0xa2)).status, Status::GOOD);
+    let after = etcd_messages_received(&cluster);
+    assert!(
+        after > before,
+        "a PR OUT was not counted ({before} → {after})"
+    );
 }

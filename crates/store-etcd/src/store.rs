@@ -509,16 +509,16 @@ impl EtcdStore {
                 .with_limit(MAX_LISTED_HOSTS as i64);
             let r = tokio::time::timeout(wait, kv.get(prefix.clone(), Some(options)))
                 .await
-                .map_err(|_| unavailable(&*inner))?
-                .map_err(|e| server(&*inner, e))?;
+                .map_err(|_| unavailable(&inner))?
+                .map_err(|e| server(&inner, e))?;
             let mut hosts = Vec::new();
             for kv in r.kvs() {
                 let host = String::from_utf8_lossy(kv.key().get(prefix.len()..).unwrap_or(&[]))
                     .into_owned();
                 let t = tokio::time::timeout(wait, lease.time_to_live(kv.lease(), None))
                     .await
-                    .map_err(|_| unavailable(&*inner))?
-                    .map_err(|e| server(&*inner, e))?;
+                    .map_err(|_| unavailable(&inner))?
+                    .map_err(|e| server(&inner, e))?;
                 let secs = |v: i64| (v >= 0).then(|| Duration::from_secs(v as u64));
                 hosts.push(HostLease {
                     host,

@@ -152,7 +152,6 @@ fn register_reserve_and_read_through_pr_client_and_other_devices_keep_sg_io() {
 fn pr_outs_answered_from_the_commit_by_the_pollers_are_all_answered_and_durable() {
     const CLIENTS: u64 = 16;
     const EACH: u64 = 40;
-    const REGISTER_AND_IGNORE: u8 = 0x06;
     let store = store_dir();
     let lo = LoopDevice::new();
     let db = store.path().join("reservations.db");
@@ -210,7 +209,6 @@ fn pr_outs_answered_from_the_commit_by_the_pollers_are_all_answered_and_durable(
 /// after 30 s and the test fails).
 #[test]
 fn a_client_that_stops_reading_replies_holds_up_no_other_commit() {
-    const REGISTER_AND_IGNORE: u8 = 0x06;
     let store = store_dir();
     let lo = LoopDevice::new();
     let db = store.path().join("reservations.db");

@@ -83,5 +83,6 @@ pub fn sense(r: &Reply) -> (u8, u8, u8) {
 pub const REGISTER: u8 = 0x00;
 pub const RESERVE: u8 = 0x01;
 pub const PREEMPT: u8 = 0x04;
+pub const REGISTER_AND_IGNORE: u8 = 0x06;
 pub const WRITE_EXCLUSIVE: u8 = 0x01;
 pub const WE_REGISTRANTS_ONLY: u8 = 0x05;

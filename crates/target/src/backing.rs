@@ -226,7 +226,8 @@ impl Backing {
     fn check_aligned(&self, offset: u64, len: usize) -> io::Result<()> {
         match self.direct {
             Some(d)
-                if offset % u64::from(d.offset) != 0 || len as u64 % u64::from(d.offset) != 0 =>
+                if !offset.is_multiple_of(u64::from(d.offset))
+                    || !(len as u64).is_multiple_of(u64::from(d.offset)) =>
             {
                 Err(io::Error::new(
                     io::ErrorKind::InvalidInput,
@@ -291,13 +292,13 @@ fn direct_align(
             align.offset, align.memory, align.source
         )));
     }
-    if block_size == 0 || block_size % align.offset != 0 {
+    if block_size == 0 || !block_size.is_multiple_of(align.offset) {
         return Err(BackingError::Misaligned {
             path: name.to_owned(),
             block_size,
             needed: align.offset,
             from: align.source,
-            hint: if 4096 % align.offset == 0 {
+            hint: if 4096u32.is_multiple_of(align.offset) {
                 ": set block_size = 4096 in its [[lu]] table"
             } else {
                 "; pr-target serves blocks of 512 or 4096 bytes only, so it cannot share this \
@@ -481,7 +482,10 @@ mod tests {
         let shared = Backing::open_shared(f.path(), false, 512).unwrap();
         assert!(flags(&shared).contains(rustix::fs::OFlags::DIRECT));
         let d = shared.direct().expect("a direct backing");
-        assert!(d.offset.is_power_of_two() && 512 % d.offset == 0, "{d:?}");
+        assert!(
+            d.offset.is_power_of_two() && 512u32.is_multiple_of(d.offset),
+            "{d:?}"
+        );
         let ro = Backing::open_shared(f.path(), true, 4096).unwrap();
         assert!(flags(&ro).contains(rustix::fs::OFlags::DIRECT));
     }

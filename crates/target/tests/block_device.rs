@@ -227,17 +227,22 @@ fn a_shared_block_device_reads_what_another_host_wrote_where_a_buffered_one_read
 
     // The control: B's page cache still answers the old bytes (the staleness this fixes; if it
     // did not, this test could not tell the fix from no fix).
-    assert_eq!(
-        read_buffered(),
-        old,
-        "a buffered read on B's device was expected to be served stale from its page cache"
+    let control = read_buffered();
+    assert!(
+        control == old,
+        "a buffered read on B's device was expected to be served stale from its page cache: \
+         it read {:02x?}…, the old bytes are {:02x?}…",
+        &control[..8],
+        &old[..8]
     );
     // B's shared backing reads the medium: A's bytes.
     let r = run(&disk_b, &read10, &[]);
     assert_eq!(r.status, Status::GOOD, "{r:?}");
-    assert_eq!(
-        r.data, new,
-        "host B read stale data through its shared backing"
+    assert!(
+        r.data == new,
+        "host B read stale data through its shared backing: {:02x?}…, A wrote {:02x?}…",
+        &r.data[..r.data.len().min(8)],
+        &new[..8]
     );
     // And WRITE AND VERIFY (BYTCHK=1) and WRITE SAME on B, read back on A.
     let block: Vec<u8> = (0..BS).map(|i| (i % 7) as u8 + 1).collect();

@@ -272,9 +272,11 @@ fn direct_align(
                 path: name.to_owned(),
                 source: e.into(),
             })?;
+            // Memory: the DMA alignment is at most the logical block size; a page (the bounce
+            // buffers' alignment) is enough for any.
             DirectAlign {
                 offset: lbs,
-                memory: lbs,
+                memory: lbs.min(BOUNCE_ALIGN as u32),
                 source: "the device's logical block size (BLKSSZGET)",
             }
         }
@@ -285,13 +287,6 @@ fn direct_align(
             source: "the block size (the file system reports no alignment)",
         },
     };
-    let pow2 = |v: u32| v.is_power_of_two();
-    if !pow2(align.offset) || !pow2(align.memory) || align.memory as usize > BOUNCE_ALIGN {
-        return Err(unsupported(&format!(
-            "unusable direct-I/O alignment (offset {}, memory {}, from {})",
-            align.offset, align.memory, align.source
-        )));
-    }
     if block_size == 0 || !block_size.is_multiple_of(align.offset) {
         return Err(BackingError::Misaligned {
             path: name.to_owned(),
@@ -305,6 +300,13 @@ fn direct_align(
                  medium"
             },
         });
+    }
+    let pow2 = |v: u32| v.is_power_of_two();
+    if !pow2(align.offset) || !pow2(align.memory) || align.memory as usize > BOUNCE_ALIGN {
+        return Err(unsupported(&format!(
+            "unusable direct-I/O alignment (offset {}, memory {}, from {})",
+            align.offset, align.memory, align.source
+        )));
     }
     Ok(align)
 }

@@ -118,15 +118,28 @@ impl Server {
                 }
             };
             let shared = matches!(opened, OpenedStore::Etcd(_));
-            let open = if shared {
-                Backing::open_shared
+            // Shared across hosts: O_DIRECT, so that no READ is answered from this host's page
+            // cache with blocks another host has overwritten (crate::backing).
+            let backing = if shared {
+                Backing::open_shared(&l.path, l.read_only, l.block_size)
             } else {
-                Backing::open
-            };
-            let backing = open(&l.path, l.read_only).map_err(|source| StartError::Backing {
+                Backing::open(&l.path, l.read_only)
+            }
+            .map_err(|source| StartError::Backing {
                 lu: l.name.to_string(),
                 source,
             })?;
+            if let Some(d) = backing.direct() {
+                info!(
+                    "logical unit {}: {} opened with O_DIRECT (alignment: offset {} bytes, \
+                     memory {} bytes, from {})",
+                    l.name,
+                    l.path.display(),
+                    d.offset,
+                    d.memory,
+                    d.source
+                );
+            }
             let identity = DiskIdentity {
                 vendor: l.vendor,
                 product: l.product,

@@ -17,8 +17,32 @@ struct Loop {
     _dir: tempfile::TempDir,
 }
 
+/// Attaches a loop device (with losetup's `extra` options) over `image`; its path.
+fn attach(image: &Path, extra: &[&str]) -> PathBuf {
+    let out = Command::new("losetup")
+        .args(["--find", "--show"])
+        .args(extra)
+        .arg(image)
+        .output()
+        .expect("losetup runs");
+    assert!(
+        out.status.success(),
+        "losetup {extra:?} failed (the tests run as root): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+}
+
+fn detach(dev: &Path) {
+    let _ = Command::new("losetup").arg("-d").arg(dev).status();
+}
+
 impl Loop {
     fn new(len: u64) -> Loop {
+        Loop::with(len, &[])
+    }
+
+    fn with(len: u64, extra: &[&str]) -> Loop {
         let dir = tempfile::tempdir().unwrap();
         let image = dir.path().join("disk.img");
         let f = std::fs::File::create(&image).unwrap();
@@ -26,17 +50,7 @@ impl Loop {
         let pattern: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
         f.write_all_at(&pattern, 0).unwrap();
         f.sync_all().unwrap();
-        let out = Command::new("losetup")
-            .args(["--find", "--show"])
-            .arg(&image)
-            .output()
-            .expect("losetup runs");
-        assert!(
-            out.status.success(),
-            "losetup failed (the tests run as root): {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let dev = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
+        let dev = attach(&image, extra);
         Loop {
             dev,
             image,
@@ -47,7 +61,17 @@ impl Loop {
 
 impl Drop for Loop {
     fn drop(&mut self) {
-        let _ = Command::new("losetup").arg("-d").arg(&self.dev).status();
+        detach(&self.dev);
+    }
+}
+
+/// A second loop device over the image of a [`Loop`], detached on drop: another block device
+/// on the same medium, with a page cache of its own (as a second host has).
+struct SecondLoop(PathBuf);
+
+impl Drop for SecondLoop {
+    fn drop(&mut self) {
+        detach(&self.0);
     }
 }
 
@@ -153,4 +177,119 @@ fn a_loop_device_backs_a_logical_unit_locked_sized_read_and_written() {
     assert_eq!(r.status, Status::CHECK_CONDITION);
     let sense = r.sense.expect("sense data").to_fixed();
     assert_eq!((sense[2] & 0x0f, sense[12], sense[13]), (0x07, 0x27, 0x00));
+}
+
+/// The stale read a shared block device gives a buffered host, and its cure. One image file,
+/// two loop devices over it: host A and host B, one block device each, each with its own page
+/// cache (as two hypervisors on one SAN LUN). B reads block K, A overwrites block K and
+/// flushes, B reads block K again. Through buffered reads on B's device (the control) the
+/// second read is answered from B's page cache with the old bytes; through `open_shared`
+/// (O_DIRECT) B reads A's new bytes.
+#[test]
+fn a_shared_block_device_reads_what_another_host_wrote_where_a_buffered_one_reads_stale_data() {
+    const LEN: u64 = 4 << 20;
+    const BS: u32 = 4096;
+    const K: u64 = 37;
+    let a = Loop::new(LEN);
+    let b = SecondLoop(attach(&a.image, &[]));
+    let old = image_bytes(&a.image, K * u64::from(BS), BS as usize);
+
+    let host_a = Backing::open_shared(&a.dev, false, BS).unwrap();
+    let host_b = Backing::open_shared(&b.0, false, BS).unwrap();
+    for h in [&host_a, &host_b] {
+        let fl = rustix::fs::fcntl_getfl(h).unwrap();
+        assert!(fl.contains(rustix::fs::OFlags::DIRECT), "{fl:?}");
+    }
+    // The control: a buffered reader on B's device, reading block K into B's page cache.
+    let buffered_b = std::fs::File::open(&b.0).unwrap();
+    let read_buffered = || {
+        let mut v = vec![0u8; BS as usize];
+        buffered_b.read_exact_at(&mut v, K * u64::from(BS)).unwrap();
+        v
+    };
+    assert_eq!(read_buffered(), old);
+    let disk_a = DiskServer::new(host_a, identity(), BS, false);
+    let disk_b = DiskServer::new(host_b, identity(), BS, false);
+    let read10 = [0x28, 0, 0, 0, 0, K as u8, 0, 0, 1, 0];
+    let r = run(&disk_b, &read10, &[]);
+    assert_eq!(r.status, Status::GOOD, "{r:?}");
+    assert_eq!(r.data, old);
+
+    // Host A: WRITE (10) of block K, SYNCHRONIZE CACHE (10).
+    let new: Vec<u8> = (0..BS).map(|i| (i * 11 + 5) as u8 ^ 0xa5).collect();
+    assert_ne!(new, old);
+    let r = run(&disk_a, &[0x2a, 0, 0, 0, 0, K as u8, 0, 0, 1, 0], &new);
+    assert_eq!(r.status, Status::GOOD, "{r:?}");
+    let r = run(&disk_a, &[0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0], &[]);
+    assert_eq!(r.status, Status::GOOD, "{r:?}");
+    // The medium holds A's bytes (the image file, read without either device).
+    assert_eq!(image_bytes(&a.image, K * u64::from(BS), BS as usize), new);
+
+    // The control: B's page cache still answers the old bytes (the staleness this fixes; if it
+    // did not, this test could not tell the fix from no fix).
+    let control = read_buffered();
+    assert!(
+        control == old,
+        "a buffered read on B's device was expected to be served stale from its page cache: \
+         it read {:02x?}…, the old bytes are {:02x?}…",
+        &control[..8],
+        &old[..8]
+    );
+    // B's shared backing reads the medium: A's bytes.
+    let r = run(&disk_b, &read10, &[]);
+    assert_eq!(r.status, Status::GOOD, "{r:?}");
+    assert!(
+        r.data == new,
+        "host B read stale data through its shared backing: {:02x?}…, A wrote {:02x?}…",
+        &r.data[..r.data.len().min(8)],
+        &new[..8]
+    );
+    // And WRITE AND VERIFY (BYTCHK=1) and WRITE SAME on B, read back on A.
+    let block: Vec<u8> = (0..BS).map(|i| (i % 7) as u8 + 1).collect();
+    let r = run(&disk_b, &[0x2e, 0x02, 0, 0, 0, K as u8, 0, 0, 1, 0], &block);
+    assert_eq!(r.status, Status::GOOD, "{r:?}");
+    let r = run(&disk_b, &[0x41, 0, 0, 0, 0, 64, 0, 0, 3, 0], &block);
+    assert_eq!(r.status, Status::GOOD, "{r:?}");
+    let r = run(&disk_b, &[0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0], &[]);
+    assert_eq!(r.status, Status::GOOD, "{r:?}");
+    let r = run(&disk_a, &read10, &[]);
+    assert_eq!(r.data, block);
+    let r = run(&disk_a, &[0x28, 0, 0, 0, 0, 64, 0, 0, 3, 0], &[]);
+    assert_eq!(r.status, Status::GOOD, "{r:?}");
+    assert_eq!(r.data, block.repeat(3));
+    assert_eq!(
+        image_bytes(&a.image, 64 * u64::from(BS), 3 * BS as usize),
+        block.repeat(3)
+    );
+}
+
+/// A shared backing on a block device of 4096-byte logical blocks cannot serve 512-byte
+/// blocks with O_DIRECT: refused at open, naming the device, both sizes and the remedy. The
+/// same device serves 4096-byte blocks, and a local (buffered) backing still serves 512.
+#[test]
+fn a_shared_backing_refuses_a_block_size_its_direct_io_cannot_move() {
+    let lo = Loop::with(1 << 20, &["--sector-size", "4096"]);
+    let e = Backing::open_shared(&lo.dev, false, 512).unwrap_err();
+    let path = lo.dev.display().to_string();
+    match &e {
+        BackingError::Misaligned {
+            path: p,
+            block_size: 512,
+            needed: 4096,
+            ..
+        } if *p == path => {}
+        other => panic!("expected a misaligned-block-size refusal: {other:?}"),
+    }
+    let msg = e.to_string();
+    for want in [path.as_str(), "512", "4096", "block_size = 4096"] {
+        assert!(msg.contains(want), "{want:?} missing from: {msg}");
+    }
+    let ok = Backing::open_shared(&lo.dev, false, 4096).unwrap();
+    assert_eq!(ok.direct().map(|d| d.offset), Some(4096));
+    drop(ok);
+    let local = Backing::open(&lo.dev, false).unwrap();
+    let disk = DiskServer::new(local, identity(), 512, false);
+    let r = run(&disk, &[0x28, 0, 0, 0, 0, 3, 0, 0, 1, 0], &[]);
+    assert_eq!(r.status, Status::GOOD, "{r:?}");
+    assert_eq!(r.data, image_bytes(&lo.image, 3 * 512, 512));
 }

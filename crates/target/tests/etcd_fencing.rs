@@ -126,7 +126,7 @@ fn host_with(
     let store = Arc::new(EtcdStore::open(c).unwrap());
     let fence = HostFence::start(Arc::clone(&store), timing).unwrap();
     let disk = Held {
-        file: Backing::open_shared(path, false).unwrap(),
+        file: Backing::open_shared(path, false, BLOCK as u32).unwrap(),
         armed: Mutex::new(None),
     };
     let identity = DiskIdentity {
@@ -542,15 +542,15 @@ fn a_shared_backing_admits_other_fenced_targets_and_refuses_a_local_one() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("d.img");
     std::fs::write(&path, vec![0u8; 4096]).unwrap();
-    let one = Backing::open_shared(&path, false).unwrap();
-    let two = Backing::open_shared(&path, false).unwrap();
+    let one = Backing::open_shared(&path, false, 512).unwrap();
+    let two = Backing::open_shared(&path, false, 512).unwrap();
     assert!(matches!(
         Backing::open(&path, false),
         Err(BackingError::Locked { .. })
     ));
     drop((one, two));
     let local = Backing::open(&path, false).unwrap();
-    let e = Backing::open_shared(&path, false).unwrap_err();
+    let e = Backing::open_shared(&path, false, 512).unwrap_err();
     assert!(matches!(e, BackingError::LockedExclusive { .. }));
     assert!(e.to_string().contains("locked exclusively"), "{e}");
     drop(local);

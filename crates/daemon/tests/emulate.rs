@@ -299,54 +299,13 @@ fn two_daemons_on_one_database_are_two_initiators_that_fence_each_other() {
     let mut ca = Client::connect(&a.socket).unwrap();
     let mut cb = Client::connect(&b.socket).unwrap();
 
-    assert_eq!(
-        prout(&mut ca, &dev, REGISTER, 0, 0, 0x1111).status,
-        Status::GOOD
-    );
-    assert_eq!(
-        prout(&mut cb, &dev, REGISTER, 0, 0, 0x2222).status,
-        Status::GOOD
-    );
-    assert_eq!(
-        prout(&mut ca, &dev, RESERVE, WRITE_EXCLUSIVE, 0x1111, 0).status,
-        Status::GOOD
-    );
-    // B sees A's key (generation 2: two registrations).
-    let r = read_keys(&mut cb, &dev);
-    assert_eq!(
-        r.data,
-        [0, 0, 0, 2, 0, 0, 0, 16, 0, 0, 0, 0, 0, 0, 0x11, 0x11, 0, 0, 0, 0, 0, 0, 0x22, 0x22]
-    );
-    // B is another I_T nexus: its RESERVE conflicts with A's reservation.
-    assert_eq!(
-        prout(&mut cb, &dev, RESERVE, WRITE_EXCLUSIVE, 0x2222, 0).status,
-        Status::RESERVATION_CONFLICT
-    );
-    // B fences A: PREEMPT A's key, B holds WRITE EXCLUSIVE (generation 3).
-    assert_eq!(
-        prout(&mut cb, &dev, PREEMPT, WRITE_EXCLUSIVE, 0x2222, 0x1111).status,
-        Status::GOOD
-    );
-    let r = read_reservation(&mut cb, &dev);
-    assert_eq!(
-        r.data,
-        [0, 0, 0, 3, 0, 0, 0, 0x10, 0, 0, 0, 0, 0, 0, 0x22, 0x22, 0, 0, 0, 0, 0, 0x01, 0, 0]
-    );
-    // A's next command reports UNIT ATTENTION, REGISTRATIONS PREEMPTED (06h/2Ah/05h) once...
-    let r = read_keys(&mut ca, &dev);
-    assert_eq!(
-        (r.status, sense(&r)),
-        (Status::CHECK_CONDITION, (0x06, 0x2a, 0x05))
-    );
-    // ...then A sees only B's key, and its old key no longer works.
-    let r = read_keys(&mut ca, &dev);
-    assert_eq!(
-        r.data,
-        [0, 0, 0, 3, 0, 0, 0, 8, 0, 0, 0, 0, 0, 0, 0x22, 0x22]
-    );
-    assert_eq!(
-        prout(&mut ca, &dev, RESERVE, WRITE_EXCLUSIVE, 0x1111, 0).status,
-        Status::RESERVATION_CONFLICT
+    let log = store.path().join("a.log");
+    fence_each_other(
+        &mut ca,
+        &mut cb,
+        &dev,
+        || {},
+        || std::fs::read_to_string(&log).unwrap_or_default(),
     );
 }
 

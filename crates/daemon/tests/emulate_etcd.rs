@@ -97,62 +97,17 @@ fn two_daemons_as_two_hosts_share_one_reservation_state_through_etcd() {
     let b = Host::start("hv-b", &lo, &cluster.endpoints(), "/two-hosts/");
     let dev = lo.open(true);
     let (mut ca, mut cb) = (a.client(), b.client());
-
-    assert_eq!(
-        prout(&mut ca, &dev, REGISTER, 0, 0, 0x1111).status,
-        Status::GOOD
-    );
-    assert_eq!(
-        prout(&mut cb, &dev, REGISTER, 0, 0, 0x2222).status,
-        Status::GOOD
-    );
-    assert_eq!(
-        prout(&mut ca, &dev, RESERVE, WRITE_EXCLUSIVE, 0x1111, 0).status,
-        Status::GOOD
-    );
-    // B sees A's key: PRgeneration 2, ADDITIONAL LENGTH 16, then both keys.
-    let r = read_keys(&mut cb, &dev);
-    assert_eq!(
-        r.data,
-        [0, 0, 0, 2, 0, 0, 0, 16, 0, 0, 0, 0, 0, 0, 0x11, 0x11, 0, 0, 0, 0, 0, 0, 0x22, 0x22]
-    );
-    // B is another I_T nexus: its RESERVE conflicts with A's reservation.
-    assert_eq!(
-        prout(&mut cb, &dev, RESERVE, WRITE_EXCLUSIVE, 0x2222, 0).status,
-        Status::RESERVATION_CONFLICT
-    );
-    // A follower dies: both hosts go on.
-    let leader = cluster.leader(Duration::from_secs(10)).unwrap();
-    cluster.kill((leader + 1) % 3);
-    // B fences A: PREEMPT A's key, B holds WRITE EXCLUSIVE (generation 3).
-    assert_eq!(
-        prout(&mut cb, &dev, PREEMPT, WRITE_EXCLUSIVE, 0x2222, 0x1111).status,
-        Status::GOOD
-    );
-    // READ RESERVATION: generation 3, ADDITIONAL LENGTH 16, key 0x2222, type 1 (WE), LU_SCOPE.
-    let r = read_reservation(&mut cb, &dev);
-    assert_eq!(
-        r.data,
-        [0, 0, 0, 3, 0, 0, 0, 0x10, 0, 0, 0, 0, 0, 0, 0x22, 0x22, 0, 0, 0, 0, 0, 0x01, 0, 0]
-    );
-    // The unit attention was queued in etcd for A's nexus and is delivered on host A:
-    // REGISTRATIONS PREEMPTED (06h/2Ah/05h), once...
-    let r = read_keys(&mut ca, &dev);
-    assert_eq!(
-        (r.status, sense(&r)),
-        (Status::CHECK_CONDITION, (0x06, 0x2a, 0x05)),
-        "{}",
-        a.log()
-    );
-    // ...then A sees only B's key, and its old key no longer works.
-    let r = read_keys(&mut ca, &dev);
-    assert_eq!(
-        r.data,
-        [0, 0, 0, 3, 0, 0, 0, 8, 0, 0, 0, 0, 0, 0, 0x22, 0x22]
-    );
-    assert_eq!(
-        prout(&mut ca, &dev, RESERVE, WRITE_EXCLUSIVE, 0x1111, 0).status,
-        Status::RESERVATION_CONFLICT
+    // The fence, with a follower killed between the reservation and the PREEMPT: both hosts
+    // go on, and the unit attention queued in etcd for A's nexus is delivered on host A.
+    fence_each_other(
+        &mut ca,
+        &mut cb,
+        &dev,
+        || {
+            let leader = cluster.leader(Duration::from_secs(10)).unwrap();
+            cluster.kill((leader + 1) % 3);
+        },
+        || a.log(),
     );
     // What etcd holds is that one state, read by a third client.
     let state = observer(&cluster, "/two-hosts/")

@@ -86,3 +86,65 @@ pub const PREEMPT: u8 = 0x04;
 pub const REGISTER_AND_IGNORE: u8 = 0x06;
 pub const WRITE_EXCLUSIVE: u8 = 0x01;
 pub const WE_REGISTRANTS_ONLY: u8 = 0x05;
+
+/// Two I_T nexuses on one LU (clients `a` and `b`, keys 0x1111 and 0x2222) fence each other,
+/// byte for byte as SPC-4 words it: both register, A reserves WRITE EXCLUSIVE, B sees both
+/// keys and its RESERVE conflicts, then (after `between`, e.g. a fault) B preempts A; A gets
+/// REGISTRATIONS PREEMPTED once, then sees only B's key, and its old key conflicts. `log`
+/// gives A's daemon log for a failure message.
+pub fn fence_each_other(
+    a: &mut Client,
+    b: &mut Client,
+    dev: &File,
+    between: impl FnOnce(),
+    log: impl Fn() -> String,
+) {
+    use pr_scsi::Status;
+    assert_eq!(prout(a, dev, REGISTER, 0, 0, 0x1111).status, Status::GOOD);
+    assert_eq!(prout(b, dev, REGISTER, 0, 0, 0x2222).status, Status::GOOD);
+    assert_eq!(
+        prout(a, dev, RESERVE, WRITE_EXCLUSIVE, 0x1111, 0).status,
+        Status::GOOD
+    );
+    // B sees A's key: PRGENERATION 2 (two registrations), ADDITIONAL LENGTH 16, both keys.
+    let r = read_keys(b, dev);
+    assert_eq!(
+        r.data,
+        [0, 0, 0, 2, 0, 0, 0, 16, 0, 0, 0, 0, 0, 0, 0x11, 0x11, 0, 0, 0, 0, 0, 0, 0x22, 0x22]
+    );
+    // B is another I_T nexus: its RESERVE conflicts with A's reservation.
+    assert_eq!(
+        prout(b, dev, RESERVE, WRITE_EXCLUSIVE, 0x2222, 0).status,
+        Status::RESERVATION_CONFLICT
+    );
+    between();
+    // B fences A: PREEMPT A's key, B holds WRITE EXCLUSIVE (generation 3).
+    assert_eq!(
+        prout(b, dev, PREEMPT, WRITE_EXCLUSIVE, 0x2222, 0x1111).status,
+        Status::GOOD
+    );
+    // READ RESERVATION: generation 3, ADDITIONAL LENGTH 16, key 0x2222, type 1 (WE), LU_SCOPE.
+    let r = read_reservation(b, dev);
+    assert_eq!(
+        r.data,
+        [0, 0, 0, 3, 0, 0, 0, 0x10, 0, 0, 0, 0, 0, 0, 0x22, 0x22, 0, 0, 0, 0, 0, 0x01, 0, 0]
+    );
+    // A's next command reports UNIT ATTENTION, REGISTRATIONS PREEMPTED (06h/2Ah/05h) once...
+    let r = read_keys(a, dev);
+    assert_eq!(
+        (r.status, sense(&r)),
+        (Status::CHECK_CONDITION, (0x06, 0x2a, 0x05)),
+        "{}",
+        log()
+    );
+    // ...then A sees only B's key, and its old key no longer works.
+    let r = read_keys(a, dev);
+    assert_eq!(
+        r.data,
+        [0, 0, 0, 3, 0, 0, 0, 8, 0, 0, 0, 0, 0, 0, 0x22, 0x22]
+    );
+    assert_eq!(
+        prout(a, dev, RESERVE, WRITE_EXCLUSIVE, 0x1111, 0).status,
+        Status::RESERVATION_CONFLICT
+    );
+}

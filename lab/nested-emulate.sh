@@ -47,9 +47,11 @@ start_daemon ea "$(emu_config "$A" iqn.2026-11.org.pr-helper.lab:vm-a)" || exit 
 start_daemon eb "$(emu_config "$B" iqn.2026-11.org.pr-helper.lab:vm-b)" || exit 0
 start_daemon pt || exit 0
 
+# -nodefaults: no NIC or VGA card, nor their option ROMs to run (the serial ports are given);
+# vmlinux: the kernel uncompressed (lab/build-initramfs says why).
 timeout --kill-after=5 1100 qemu-system-x86_64 -accel tcg -cpu max -m 256 -smp 1 \
-  -display none -monitor none -no-reboot \
-  -kernel $LAB/vmlinuz -initrd $LAB/initrd-l2.img \
+  -display none -monitor none -no-reboot -nodefaults \
+  -kernel $LAB/vmlinux -initrd $LAB/initrd-l2.img \
   -append "console=ttyS0 quiet no_timer_check panic=-1 rdinit=/init-emulate" \
   -serial file:$log \
   -device virtio-scsi-pci,id=scsi0 \

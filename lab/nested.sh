@@ -28,9 +28,11 @@ start_helper
 rm -f /run/l2ctl.in /run/l2ctl.out; mkfifo /run/l2ctl.in /run/l2ctl.out
 # Keep the control fifo's other ends open so QEMU never blocks on them.
 exec 7<>/run/l2ctl.in 8<>/run/l2ctl.out
+# -nodefaults: no NIC or VGA card, nor their option ROMs to run (the serial ports are given);
+# vmlinux: the kernel uncompressed (lab/build-initramfs says why).
 timeout --kill-after=5 420 qemu-system-x86_64 -accel tcg -cpu max -m 256 -smp 1 \
-  -display none -monitor none -no-reboot \
-  -kernel $LAB/vmlinuz -initrd $LAB/initrd-l2.img -append "console=ttyS0 quiet no_timer_check panic=-1" \
+  -display none -monitor none -no-reboot -nodefaults \
+  -kernel $LAB/vmlinux -initrd $LAB/initrd-l2.img -append "console=ttyS0 quiet no_timer_check panic=-1" \
   -serial file:$log -chardev pipe,id=ctl,path=/run/l2ctl -serial chardev:ctl \
   -device virtio-scsi-pci,id=scsi0 \
   -object pr-manager-helper,id=helper0,path=$sock \

@@ -5,7 +5,6 @@
 
 use std::path::Path;
 use std::process::{Command, Output};
-use std::time::Duration;
 
 use pr_engine::{EngineConfig, Nexus};
 use pr_scsi::transport_id::TransportId;
@@ -59,10 +58,7 @@ fn target_config(dir: &Path, name: &str, endpoints: &[String], prefix: &str) -> 
 
 #[test]
 fn store_commands_work_on_the_etcd_store_a_configuration_selects() {
-    let timing = Timing {
-        heartbeat: Duration::from_millis(50),
-        election: Duration::from_millis(500),
-    };
+    let timing = Timing::FAST;
     let cluster = Cluster::start(1, timing).expect("etcd member");
     let mut c = EtcdConfig::new(cluster.endpoints());
     c.prefix = "/ctl-a/".into();

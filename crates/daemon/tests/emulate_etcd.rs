@@ -23,13 +23,6 @@ use pr_store_etcd::{EtcdConfig, EtcdStore};
 /// The store calls' bound in these daemons' configurations.
 const COMMAND_TIMEOUT: Duration = Duration::from_millis(2000);
 
-fn timing() -> Timing {
-    Timing {
-        heartbeat: Duration::from_millis(50),
-        election: Duration::from_millis(500),
-    }
-}
-
 /// CHECK CONDITION, ABORTED COMMAND, LOGICAL UNIT COMMUNICATION FAILURE (0Bh/08h/00h).
 const COMMUNICATION_FAILURE: (u8, u8, u8) = (0x0b, 0x08, 0x00);
 
@@ -91,7 +84,7 @@ fn observer(cluster: &Cluster, prefix: &str) -> EtcdStore {
 
 #[test]
 fn two_daemons_as_two_hosts_share_one_reservation_state_through_etcd() {
-    let mut cluster = Cluster::start(3, timing()).expect("etcd cluster");
+    let mut cluster = Cluster::start(3, Timing::FAST).expect("etcd cluster");
     let lo = LoopDevice::new();
     let mut a = Host::start("hv-a", &lo, &cluster.endpoints(), "/two-hosts/");
     let b = Host::start("hv-b", &lo, &cluster.endpoints(), "/two-hosts/");
@@ -130,14 +123,10 @@ fn two_daemons_as_two_hosts_share_one_reservation_state_through_etcd() {
 
 #[test]
 fn a_host_cut_off_from_etcd_answers_check_condition_in_bounded_time_and_never_stale_state() {
-    let cluster = Cluster::start(3, timing()).expect("etcd cluster");
+    let cluster = Cluster::start(3, Timing::FAST).expect("etcd cluster");
     let lo = LoopDevice::new();
     // Host A reaches every member through a proxy the test can cut; host B directly.
-    let proxies: Vec<Proxy> = cluster
-        .members
-        .iter()
-        .map(|m| Proxy::start(m.client_addr()).unwrap())
-        .collect();
+    let proxies: Vec<Proxy> = cluster.proxies().unwrap();
     let through: Vec<String> = proxies.iter().map(|p| p.addr().to_string()).collect();
     let a = Host::start("hv-a", &lo, &through, "/cut/");
     let b = Host::start("hv-b", &lo, &cluster.endpoints(), "/cut/");

@@ -31,19 +31,8 @@ fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
 
 #[test]
 fn a_configured_short_lease_closes_a_partitioned_hosts_fence_within_its_bound() {
-    let cluster = Cluster::start(
-        3,
-        Timing {
-            heartbeat: Duration::from_millis(50),
-            election: Duration::from_millis(500),
-        },
-    )
-    .expect("etcd cluster");
-    let proxies: Vec<Proxy> = cluster
-        .members
-        .iter()
-        .map(|m| Proxy::start(m.client_addr()).unwrap())
-        .collect();
+    let cluster = Cluster::start(3, Timing::FAST).expect("etcd cluster");
+    let proxies: Vec<Proxy> = cluster.proxies().unwrap();
     let endpoints = proxies
         .iter()
         .map(|p| format!("{:?}", p.url()))

@@ -112,10 +112,7 @@ fn commands_run_over_tls_with_a_client_certificate_and_bad_trust_is_refused() {
         "subjectAltName=DNS:etcd.test\nextendedKeyUsage=serverAuth\n",
     );
     signed(d, "test", "hv1", "extendedKeyUsage=clientAuth\n");
-    let timing = Timing {
-        heartbeat: Duration::from_millis(50),
-        election: Duration::from_millis(500),
-    };
+    let timing = Timing::FAST;
     let cluster = Cluster::start_tls(
         1,
         timing,

@@ -17,6 +17,15 @@ pub struct Timing {
     pub election: Duration,
 }
 
+impl Timing {
+    /// 50 ms heartbeats and a 500 ms election timeout: the tests' clusters, which elect a new
+    /// leader quickly after a member is killed.
+    pub const FAST: Timing = Timing {
+        heartbeat: Duration::from_millis(50),
+        election: Duration::from_millis(500),
+    };
+}
+
 impl Default for Timing {
     /// 100 ms heartbeats and a 1 s election timeout (etcd's defaults).
     fn default() -> Self {
@@ -246,6 +255,16 @@ impl Cluster {
             .map_err(|e| format!("starting {}: {e}", etcd_binary().display()))?;
         self.members[i].child = Some(child);
         Ok(())
+    }
+
+    /// A TCP proxy in front of each member's client port, in member order: a client given
+    /// their URLs can be cut off from the cluster ([`crate::proxy::Proxy::cut`]) while the
+    /// members go on.
+    pub fn proxies(&self) -> std::io::Result<Vec<crate::proxy::Proxy>> {
+        self.members
+            .iter()
+            .map(|m| crate::proxy::Proxy::start(m.client_addr()))
+            .collect()
     }
 
     /// Kills member `i` (SIGKILL to the process started here) and reaps it.

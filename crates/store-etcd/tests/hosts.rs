@@ -164,18 +164,11 @@ fn skipped(events: &[Event]) -> usize {
 
 #[test]
 fn three_hosts_through_member_and_leader_loss_and_a_partition_stay_linearizable() {
-    let timing = Timing {
-        heartbeat: Duration::from_millis(50),
-        election: Duration::from_millis(500),
-    };
+    let timing = Timing::FAST;
     let mut cluster = Cluster::start(3, timing).expect("etcd cluster");
     let dir = tempfile::tempdir().unwrap();
     // Host C reaches every member through a proxy the test can cut.
-    let proxies: Vec<Proxy> = cluster
-        .members
-        .iter()
-        .map(|m| Proxy::start(m.client_addr()).unwrap())
-        .collect();
+    let proxies: Vec<Proxy> = cluster.proxies().unwrap();
     let direct = cluster.endpoints();
     let through: Vec<String> = proxies.iter().map(Proxy::url).collect();
     let hosts = vec![

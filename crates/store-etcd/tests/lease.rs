@@ -17,13 +17,6 @@ use pr_store_etcd::proxy::Proxy;
 use pr_store_etcd::workload::nexus;
 use pr_store_etcd::{EtcdConfig, EtcdStore};
 
-fn timing() -> Timing {
-    Timing {
-        heartbeat: Duration::from_millis(50),
-        election: Duration::from_millis(500),
-    }
-}
-
 /// Short enough for a test, generous against a loaded machine: a renewal every 500 ms keeps
 /// the validity about 2 s ahead; etcd cannot expire the lease until 1.5 s (+ 1 %) after the
 /// host has stopped.
@@ -117,12 +110,8 @@ struct Hosts {
 /// (A's) and nexus 2 (B's, say) registered and nexus 2 holding WRITE EXCLUSIVE - REGISTRANTS
 /// ONLY.
 fn two_hosts(prefix: &str) -> Hosts {
-    let cluster = Cluster::start(3, timing()).expect("etcd cluster");
-    let proxies: Vec<Proxy> = cluster
-        .members
-        .iter()
-        .map(|m| Proxy::start(m.client_addr()).unwrap())
-        .collect();
+    let cluster = Cluster::start(3, Timing::FAST).expect("etcd cluster");
+    let proxies: Vec<Proxy> = cluster.proxies().unwrap();
     let sa = Arc::new(EtcdStore::open(config(cluster.endpoints(), "a", prefix)).unwrap());
     let sb = Arc::new(
         EtcdStore::open(config(

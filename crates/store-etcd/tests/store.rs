@@ -13,13 +13,6 @@ use pr_store_etcd::proxy::Proxy;
 use pr_store_etcd::workload::{self, key, nexus, pr_in, pr_out};
 use pr_store_etcd::{EtcdConfig, EtcdStore};
 
-fn timing() -> Timing {
-    Timing {
-        heartbeat: Duration::from_millis(50),
-        election: Duration::from_millis(500),
-    }
-}
-
 fn config(endpoints: Vec<String>, host: &str, prefix: &str) -> EtcdConfig {
     let mut c = EtcdConfig::new(endpoints);
     c.host_id = Some(host.into());
@@ -45,7 +38,7 @@ fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
 
 #[test]
 fn same_answers_as_the_sqlite_store_for_a_command_mix() {
-    let cluster = Cluster::start(3, timing()).expect("etcd cluster");
+    let cluster = Cluster::start(3, Timing::FAST).expect("etcd cluster");
     let etcd = EtcdStore::open(config(cluster.endpoints(), "a", "/t1/")).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let sqlite = SqliteStore::open(dir.path().join("s.db")).unwrap();
@@ -90,7 +83,7 @@ fn same_answers_as_the_sqlite_store_for_a_command_mix() {
 
 #[test]
 fn a_preempted_nexus_on_another_host_gets_its_unit_attention_there() {
-    let cluster = Cluster::start(3, timing()).expect("etcd cluster");
+    let cluster = Cluster::start(3, Timing::FAST).expect("etcd cluster");
     let eps = cluster.endpoints();
     let a = EtcdStore::open(config(eps.clone(), "host-a", "/t2/")).unwrap();
     let b = EtcdStore::open(config(eps, "host-b", "/t2/")).unwrap();
@@ -135,13 +128,9 @@ fn a_preempted_nexus_on_another_host_gets_its_unit_attention_there() {
 
 #[test]
 fn a_retry_after_a_lost_answer_is_answered_from_the_record_not_applied_twice() {
-    let cluster = Cluster::start(3, timing()).expect("etcd cluster");
+    let cluster = Cluster::start(3, Timing::FAST).expect("etcd cluster");
     // Host A reaches the cluster only through proxies whose answers the test can lose.
-    let proxies: Vec<Proxy> = cluster
-        .members
-        .iter()
-        .map(|m| Proxy::start(m.client_addr()).unwrap())
-        .collect();
+    let proxies: Vec<Proxy> = cluster.proxies().unwrap();
     let mut cfg_a = config(proxies.iter().map(Proxy::url).collect(), "host-a", "/t3/");
     cfg_a.command_timeout = Duration::from_secs(6);
     cfg_a.request_timeout = Duration::from_millis(500);
@@ -195,12 +184,8 @@ fn a_retry_after_a_lost_answer_is_answered_from_the_record_not_applied_twice() {
 
 #[test]
 fn an_unreachable_cluster_is_a_clear_error_in_bounded_time() {
-    let cluster = Cluster::start(3, timing()).expect("etcd cluster");
-    let proxies: Vec<Proxy> = cluster
-        .members
-        .iter()
-        .map(|m| Proxy::start(m.client_addr()).unwrap())
-        .collect();
+    let cluster = Cluster::start(3, Timing::FAST).expect("etcd cluster");
+    let proxies: Vec<Proxy> = cluster.proxies().unwrap();
     let cfg_a = config(proxies.iter().map(Proxy::url).collect(), "host-a", "/t4/");
     let bound = cfg_a.command_timeout + Duration::from_millis(1500);
     let a = EtcdStore::open(cfg_a).unwrap();
@@ -250,7 +235,7 @@ fn an_unreachable_cluster_is_a_clear_error_in_bounded_time() {
 
 #[test]
 fn import_all_writes_every_logical_unit_in_one_transaction_or_none() {
-    let cluster = Cluster::start(3, timing()).expect("etcd cluster");
+    let cluster = Cluster::start(3, Timing::FAST).expect("etcd cluster");
     let etcd = EtcdStore::open(config(cluster.endpoints(), "a", "/t5/")).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let sqlite = SqliteStore::open(dir.path().join("s.db")).unwrap();

@@ -18,13 +18,6 @@ use pr_store_etcd::{EtcdConfig, EtcdStore};
 
 const BIN: &str = env!("CARGO_BIN_EXE_pr-target");
 
-fn timing() -> Timing {
-    Timing {
-        heartbeat: Duration::from_millis(50),
-        election: Duration::from_millis(500),
-    }
-}
-
 fn config(dir: &Path, store: &str) -> String {
     format!(
         r#"{store}
@@ -139,7 +132,7 @@ fn check_validates_etcd_settings_naming_the_line_and_key() {
 
 #[test]
 fn starts_on_an_etcd_store_serves_and_drains_on_sigterm() {
-    let cluster = Cluster::start(3, timing()).expect("etcd cluster");
+    let cluster = Cluster::start(3, Timing::FAST).expect("etcd cluster");
     let lu = LuId::new("d0").unwrap();
     // Another host registered on the LU before this one starts.
     let mut c = EtcdConfig::new(cluster.endpoints());
@@ -308,12 +301,8 @@ fn the_etcd_client_works_under_the_seccomp_filter_through_a_partition() {
         sandboxed_child(&endpoints);
         return;
     }
-    let cluster = Cluster::start(3, timing()).expect("etcd cluster");
-    let proxies: Vec<Proxy> = cluster
-        .members
-        .iter()
-        .map(|m| Proxy::start(m.client_addr()).unwrap())
-        .collect();
+    let cluster = Cluster::start(3, Timing::FAST).expect("etcd cluster");
+    let proxies: Vec<Proxy> = cluster.proxies().unwrap();
     let through: Vec<String> = proxies.iter().map(|p| p.addr().to_string()).collect();
     // This test again, alone, in a process of its own: the filter goes on every thread.
     let mut child = Command::new(std::env::current_exe().unwrap())
@@ -378,7 +367,7 @@ fn two_hosts_serve_one_backing_file_on_etcd_each_under_its_lease_fence() {
     // Two pr-target processes ("hv-a" and "hv-b") on one backing file and one etcd store: an
     // etcd LU is shared, so each locks the file shared and starts its lease fence; a SQLite
     // LU would refuse the second process (the exclusive lock, tests/target.rs).
-    let cluster = Cluster::start(3, timing()).expect("etcd cluster");
+    let cluster = Cluster::start(3, Timing::FAST).expect("etcd cluster");
     let dir = tempfile::tempdir().unwrap();
     let disk = dir.path().join("disk.img");
     std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();

@@ -236,19 +236,8 @@ struct Setup {
 
 /// A and B on one file; both registered, B holding WRITE EXCLUSIVE - REGISTRANTS ONLY.
 fn setup(prefix: &str) -> Setup {
-    let cluster = Cluster::start(
-        3,
-        Timing {
-            heartbeat: Duration::from_millis(50),
-            election: Duration::from_millis(500),
-        },
-    )
-    .expect("etcd cluster");
-    let proxies: Vec<Proxy> = cluster
-        .members
-        .iter()
-        .map(|m| Proxy::start(m.client_addr()).unwrap())
-        .collect();
+    let cluster = Cluster::start(3, Timing::FAST).expect("etcd cluster");
+    let proxies: Vec<Proxy> = cluster.proxies().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("shared0.img");
     std::fs::write(&path, vec![0u8; FILE_BLOCKS as usize * BLOCK]).unwrap();
@@ -600,14 +589,7 @@ fn etcd_messages_received(cluster: &Cluster) -> u64 {
 #[test]
 fn steady_state_media_io_sends_etcd_no_request() {
     const IOS: u64 = 2000;
-    let cluster = Cluster::start(
-        3,
-        Timing {
-            heartbeat: Duration::from_millis(50),
-            election: Duration::from_millis(500),
-        },
-    )
-    .expect("etcd cluster");
+    let cluster = Cluster::start(3, Timing::FAST).expect("etcd cluster");
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("shared0.img");
     std::fs::write(&path, vec![0u8; FILE_BLOCKS as usize * BLOCK]).unwrap();

@@ -339,21 +339,13 @@ impl AsFd for Backing {
     }
 }
 
-/// pread until `buf` is full; the end of the medium first is an error.
-fn pread_full(file: &File, buf: &mut [u8], offset: u64) -> io::Result<()> {
-    let mut done = 0;
-    while done < buf.len() {
-        let at = offset
-            .checked_add(done as u64)
-            .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
-        match rustix::io::pread(file, &mut buf[done..], at) {
-            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
-            Ok(n) => done += n,
-            Err(rustix::io::Errno::INTR) => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Ok(())
+/// The offset of chunk `i` of a direct transfer starting at `offset`; past `u64::MAX` is an
+/// error.
+fn chunk_at(offset: u64, i: usize) -> io::Result<u64> {
+    (i as u64)
+        .checked_mul(DIRECT_CHUNK as u64)
+        .and_then(|d| offset.checked_add(d))
+        .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))
 }
 
 impl BlockDevice for Backing {
@@ -368,9 +360,9 @@ impl BlockDevice for Backing {
         self.check_aligned(offset, buf.len())?;
         let mut bounce = Backing::bounce(buf.len());
         for (i, out) in buf.chunks_mut(DIRECT_CHUNK).enumerate() {
-            let at = offset + (i * DIRECT_CHUNK) as u64;
+            let at = chunk_at(offset, i)?;
             let b = bounce.get(out.len());
-            pread_full(&self.file, b, at)?;
+            self.file.read_exact_at(b, at)?;
             out.copy_from_slice(b);
         }
         Ok(())
@@ -378,20 +370,11 @@ impl BlockDevice for Backing {
 
     /// pread into the vector's uninitialised capacity (no zero-filling first), until `len`
     /// bytes are there; the end of the medium before that is an error. A direct backing reads
-    /// through its bounce buffer, a chunk at a time.
+    /// through its bounce buffer ([`BlockDevice::read_at`]).
     fn read_vec(&self, offset: u64, len: usize) -> io::Result<Vec<u8>> {
         if self.direct.is_some() {
-            self.check_aligned(offset, len)?;
-            let mut bounce = Backing::bounce(len);
-            let mut buf = Vec::with_capacity(len);
-            while buf.len() < len {
-                let at = offset
-                    .checked_add(buf.len() as u64)
-                    .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
-                let b = bounce.get(len - buf.len());
-                pread_full(&self.file, b, at)?;
-                buf.extend_from_slice(b);
-            }
+            let mut buf = vec![0u8; len];
+            self.read_at(&mut buf, offset)?;
             return Ok(buf);
         }
         let mut buf = Vec::with_capacity(len);
@@ -416,7 +399,7 @@ impl BlockDevice for Backing {
         self.check_aligned(offset, buf.len())?;
         let mut bounce = Backing::bounce(buf.len());
         for (i, data) in buf.chunks(DIRECT_CHUNK).enumerate() {
-            let at = offset + (i * DIRECT_CHUNK) as u64;
+            let at = chunk_at(offset, i)?;
             let b = bounce.get(data.len());
             b.copy_from_slice(data);
             self.file.write_all_at(b, at)?;

@@ -5,6 +5,7 @@
 
 mod active;
 mod busy;
+mod choose;
 pub mod cli;
 pub mod devices;
 mod emulate;

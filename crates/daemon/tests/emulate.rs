@@ -202,6 +202,80 @@ fn pr_outs_answered_from_the_commit_by_the_pollers_are_all_answered_and_durable(
     check(&mut Client::connect(&h.socket).unwrap());
 }
 
+/// More clients busy than there are CPUs: the daemon tries both ways of serving them (a thread
+/// each, the pollers) and moves the connections between them while they send (busy.rs,
+/// choose.rs). Every command sent across those moves is answered, GOOD, exactly once: the
+/// generation counts each REGISTER AND IGNORE EXISTING KEY (SPC-4 §6.16.2), and READ KEYS,
+/// sent between them, never sees a generation go back.
+#[test]
+fn busy_connections_moving_between_threads_and_pollers_lose_no_command() {
+    const CLIENTS: u64 = 16;
+    let store = store_dir();
+    let lo = LoopDevice::new();
+    let db = store.path().join("reservations.db");
+    let cfg = emulate_config(store.path(), &lo, &db, "");
+    let log = store.path().join("log");
+    let sock = store.path().join("run/moves.sock");
+    let h = start_emulating(&sock, &cfg, &log, &[]);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let workers: Vec<_> = (0..CLIENTS)
+        .map(|i| {
+            let (socket, stop) = (h.socket.clone(), stop.clone());
+            let dev = lo.open(true);
+            std::thread::spawn(move || {
+                let mut c =
+                    Client::connect_with_timeout(&socket, Some(std::time::Duration::from_secs(30)))
+                        .unwrap();
+                let (mut registered, mut seen) = (0u64, 0u32);
+                while !stop.load(std::sync::atomic::Ordering::Acquire) {
+                    let r = c
+                        .execute(
+                            dev.as_fd(),
+                            &cdb(&[0x5f, REGISTER_AND_IGNORE, 0, 0, 0, 0, 0, 0, 24, 0]),
+                            &params(0, (i << 32) | (registered + 1)),
+                        )
+                        .unwrap_or_else(|e| panic!("client {i}, register {registered}: {e}"));
+                    assert_eq!(r.status, Status::GOOD, "client {i}: {r:?}");
+                    registered += 1;
+                    for _ in 0..4 {
+                        let r = read_keys(&mut c, &dev);
+                        assert_eq!(r.status, Status::GOOD, "client {i}: {r:?}");
+                        let generation = u32::from_be_bytes(r.data[..4].try_into().unwrap());
+                        assert!(generation >= seen, "client {i}: {generation} after {seen}");
+                        seen = generation;
+                    }
+                }
+                registered
+            })
+        })
+        .collect();
+    // Wait for a move to the pollers and one back, while all clients send.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap();
+        let to_pollers = text.find("busy connections: served by the pollers");
+        let back = to_pollers
+            .and_then(|at| text[at..].find("busy connections: served by a thread per connection"));
+        if back.is_some() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{CLIENTS} busy clients were not moved to the pollers and back within 60 s: {text}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    let registered: u64 = workers.into_iter().map(|w| w.join().unwrap()).sum();
+    let r = read_keys(&mut Client::connect(&h.socket).unwrap(), &lo.open(true));
+    assert_eq!(r.status, Status::GOOD);
+    assert_eq!(
+        u32::from_be_bytes(r.data[..4].try_into().unwrap()) as u64,
+        registered,
+        "generation against the registrations answered GOOD"
+    );
+}
+
 /// The replies the store's writer sends must never wait for a client: one that sends PR OUTs
 /// and stops reading the replies gets them from a thread of its own once its socket is full,
 /// while another client's commands are committed and answered. The I/O timeout is an hour, so

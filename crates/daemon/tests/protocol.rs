@@ -407,7 +407,8 @@ fn daemon_threads(pid: u32) -> Vec<(String, String)> {
 #[test]
 fn busy_connections_get_threads_of_their_own_up_to_the_bound() {
     // Eight clients sending back to back under --connection-threads 8: each connection gets
-    // its own thread, and no poller is needed while none of them hangs.
+    // its own thread (while the daemon tries the pollers for a moment now and then, the
+    // connections beyond one per CPU move to them; they come back after).
     let h = Helper::ours(&["--connection-threads", "8"]);
     let lo = LoopDevice::new();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -433,10 +434,6 @@ fn busy_connections_get_threads_of_their_own_up_to_the_bound() {
         let poll = all.iter().filter(|(c, _)| c == "pr-helper-poll").count();
         assert!(conn <= 8, "{conn} connection threads for 8 clients");
         if conn == 8 {
-            assert_eq!(
-                poll, 0,
-                "pollers started although every busy connection has a thread"
-            );
             break;
         }
         assert!(

@@ -1,0 +1,304 @@
+//! Which way the busy connections beyond one per CPU are served: each on a thread of its own,
+//! or by the few pollers (busy.rs). Neither wins everywhere, and which one wins depends on the
+//! clients, which the daemon cannot see:
+//! - A client that blocks in read until its reply (QEMU's pr-manager does) sleeps on every
+//!   request anyway. Its write wakes the connection's own thread on the same CPU, and that
+//!   thread's reply wakes the client back: two context switches that pair up. Two pollers, shared
+//!   by many such clients, get only two of the many runnable threads' shares of the CPUs.
+//! - A client that drives many connections from one thread (an event loop) never sleeps between
+//!   them. A thread per connection then adds a wake-up and a sleep to every request, where a
+//!   poller goes from one ready connection to the next without sleeping.
+//!
+//! On a 2-CPU host each way was 1.4-1.6x faster than the other under one of the two kinds of
+//! client (docs/performance.md). So the daemon measures: while more connections are busy than
+//! there are pollers, it serves them one way for 30 ms, the other way for the next 30 ms (after
+//! 20 ms for the connections to move), and keeps the faster. It asks again 200 ms after a
+//! change, and less often (down to once in 2 s) while the answer stays the same, so a trial
+//! costs 50 ms in the slower mode, at first after 200 ms and then at most once in 800 ms.
+//!
+//! The logic here is pure (ticks and counts in, a mode out), so its tests run without threads.
+
+use std::time::{Duration, Instant};
+
+/// How often the monitor counts the requests served, while it has a choice to make.
+pub(crate) const TICK: Duration = Duration::from_millis(5);
+
+/// How busy connections beyond the first few are served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// Each on a thread of its own, up to `--connection-threads`.
+    Threads,
+    /// By the pollers.
+    Pollers,
+}
+
+impl Mode {
+    fn other(self) -> Mode {
+        match self {
+            Mode::Threads => Mode::Pollers,
+            Mode::Pollers => Mode::Threads,
+        }
+    }
+
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Mode::Threads => "a thread per connection",
+            Mode::Pollers => "the pollers",
+        }
+    }
+}
+
+/// Ticks each rate is measured over (30 ms).
+const MEASURE: u32 = 6;
+/// Ticks left to the connections to move after a change, before measuring (20 ms: measured
+/// sooner, the pollers had not reached their pace and lost trials they win in the long run).
+const SETTLE: u32 = 4;
+/// Ticks to keep a mode before the first trial once connections become busy.
+const FIRST_HOLD: u32 = 4;
+/// Ticks to keep a mode after a trial changed it (200 ms); each trial that keeps it holds it
+/// four times as long, up to 2 s. A trial costs 50 ms in the other mode.
+const MIN_HOLD: u32 = 40;
+const MAX_HOLD: u32 = 400;
+const HOLD_GROWTH: u32 = 4;
+/// How much faster the other mode must be to be kept: on a shared 2-CPU host, windows of
+/// the same mode differed by more than 5 %, and a trial won on noise holds a mode 200 ms.
+const MARGIN: f64 = 0.10;
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Phase {
+    /// Keeping the mode for this many more ticks.
+    Hold(u32),
+    /// Measuring the current mode's rate.
+    Baseline(u32),
+    /// Trying the other mode: letting connections move.
+    Settle(u32),
+    /// Trying the other mode: measuring it.
+    Trial(u32),
+}
+
+/// A change of mode, for the log.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Decision {
+    pub(crate) mode: Mode,
+    /// Requests per second of the mode kept and of the one left.
+    pub(crate) rate: f64,
+    pub(crate) other: f64,
+}
+
+#[derive(Debug)]
+pub(crate) struct Chooser {
+    mode: Mode,
+    phase: Phase,
+    hold: u32,
+    /// Start of the window being measured: when, and the requests served by then.
+    mark: (Instant, u64),
+    baseline: f64,
+}
+
+impl Chooser {
+    pub(crate) fn new(now: Instant) -> Chooser {
+        Chooser {
+            mode: Mode::Threads,
+            phase: Phase::Hold(FIRST_HOLD),
+            hold: MIN_HOLD,
+            mark: (now, 0),
+            baseline: 0.0,
+        }
+    }
+
+    pub(crate) fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// No more connections busy than there are pollers: both modes serve them alike. The next
+    /// time there are, the choice starts again from a thread per connection.
+    pub(crate) fn idle(&mut self, now: Instant) {
+        *self = Chooser::new(now);
+    }
+
+    /// One tick while more connections are busy than there are pollers; `served` counts every
+    /// request served so far. Returns the outcome of a trial that ended at this tick.
+    pub(crate) fn tick(&mut self, now: Instant, served: u64) -> Option<Decision> {
+        let rate = || {
+            let (since, before) = self.mark;
+            let secs = now.duration_since(since).as_secs_f64();
+            // A clock that did not move (or counts that went back) measures nothing.
+            (secs > 0.0).then(|| served.saturating_sub(before) as f64 / secs)
+        };
+        let (next, decision) = match self.phase {
+            Phase::Hold(n) if n > 1 => (Phase::Hold(n - 1), None),
+            Phase::Hold(_) => {
+                self.mark = (now, served);
+                (Phase::Baseline(MEASURE), None)
+            }
+            Phase::Baseline(n) if n > 1 => (Phase::Baseline(n - 1), None),
+            Phase::Baseline(_) => match rate() {
+                Some(r) => {
+                    self.baseline = r;
+                    self.mode = self.mode.other();
+                    (Phase::Settle(SETTLE), None)
+                }
+                None => (Phase::Hold(MIN_HOLD), None),
+            },
+            Phase::Settle(n) if n > 1 => (Phase::Settle(n - 1), None),
+            Phase::Settle(_) => {
+                self.mark = (now, served);
+                (Phase::Trial(MEASURE), None)
+            }
+            Phase::Trial(n) if n > 1 => (Phase::Trial(n - 1), None),
+            Phase::Trial(_) => {
+                let trial = rate().unwrap_or(0.0);
+                if trial > self.baseline * (1.0 + MARGIN) {
+                    self.hold = MIN_HOLD;
+                    let decision = Decision {
+                        mode: self.mode,
+                        rate: trial,
+                        other: self.baseline,
+                    };
+                    (Phase::Hold(self.hold), Some(decision))
+                } else {
+                    self.mode = self.mode.other();
+                    self.hold = (self.hold * HOLD_GROWTH).min(MAX_HOLD);
+                    (Phase::Hold(self.hold), None)
+                }
+            }
+        };
+        self.phase = next;
+        decision
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs a chooser for `ticks` ticks against a load that serves `rate(mode)`
+    /// requests per second, and returns the ticks spent in each mode and the decisions logged.
+    fn simulate(ticks: u32, rate: impl Fn(Mode) -> f64) -> (u32, u32, Vec<Decision>) {
+        let start = Instant::now();
+        let mut c = Chooser::new(start);
+        let (mut served, mut threads, mut pollers, mut log) = (0f64, 0, 0, Vec::new());
+        for t in 1..=ticks {
+            // The mode in force during this tick is the one chosen at the end of the last.
+            served += rate(c.mode()) * TICK.as_secs_f64();
+            match c.mode() {
+                Mode::Threads => threads += 1,
+                Mode::Pollers => pollers += 1,
+            }
+            let now = start + TICK * t;
+            log.extend(c.tick(now, served as u64));
+        }
+        (threads, pollers, log)
+    }
+
+    #[test]
+    fn keeps_the_pollers_when_they_serve_faster() {
+        let (threads, pollers, log) = simulate(4000, |m| match m {
+            Mode::Threads => 60_000.0,
+            Mode::Pollers => 100_000.0,
+        });
+        assert!(pollers >= 3800, "{pollers} of 4000 ticks with the pollers");
+        assert!(threads > 0, "never tried a thread per connection again");
+        assert_eq!(log.first().map(|d| d.mode), Some(Mode::Pollers));
+        let d = log[0];
+        assert!((d.rate - 100_000.0).abs() < 1_000.0 && (d.other - 60_000.0).abs() < 1_000.0);
+    }
+
+    #[test]
+    fn keeps_a_thread_per_connection_when_it_serves_faster() {
+        let (threads, pollers, log) = simulate(4000, |m| match m {
+            Mode::Threads => 130_000.0,
+            Mode::Pollers => 90_000.0,
+        });
+        assert!(
+            threads >= 3800,
+            "{threads} of 4000 ticks with a thread per connection"
+        );
+        assert!(pollers > 0, "never tried the pollers");
+        assert!(log.is_empty(), "changed mode: {log:?}");
+    }
+
+    #[test]
+    fn a_first_choice_is_made_within_a_few_ticks() {
+        let start = Instant::now();
+        let mut c = Chooser::new(start);
+        let mut served = 0u64;
+        let mut decided = None;
+        for t in 1..=100u32 {
+            served += if c.mode() == Mode::Pollers {
+                2000
+            } else {
+                1000
+            };
+            if c.tick(start + TICK * t, served).is_some() {
+                decided = Some(t);
+                break;
+            }
+        }
+        // FIRST_HOLD + MEASURE + SETTLE + MEASURE ticks: 100 ms.
+        assert_eq!(decided, Some(FIRST_HOLD + MEASURE + SETTLE + MEASURE));
+        assert_eq!(c.mode(), Mode::Pollers);
+    }
+
+    #[test]
+    fn follows_a_load_that_changes_its_kind() {
+        // Pollers faster for the first 10 s, then a thread per connection.
+        let start = Instant::now();
+        let mut c = Chooser::new(start);
+        let mut served = 0f64;
+        let mut late_threads = 0;
+        for t in 1..=4000u32 {
+            let pollers_faster = t <= 2000;
+            let rate = match (c.mode(), pollers_faster) {
+                (Mode::Pollers, true) | (Mode::Threads, false) => 100_000.0,
+                _ => 60_000.0,
+            };
+            served += rate * TICK.as_secs_f64();
+            // Within 2 s (the longest hold) of the change, and after it.
+            if t > 2400 && c.mode() == Mode::Threads {
+                late_threads += 1;
+            }
+            c.tick(start + TICK * t, served as u64);
+        }
+        assert!(
+            late_threads >= 1500,
+            "{late_threads} of the last 1600 ticks with threads"
+        );
+    }
+
+    #[test]
+    fn equal_rates_keep_the_first_mode_and_back_off() {
+        let (threads, _, log) = simulate(4000, |_| 80_000.0);
+        assert!(log.is_empty(), "changed mode on noise: {log:?}");
+        // After the first trials the hold grows up to MAX_HOLD: few ticks are spent trying.
+        assert!(threads >= 3800, "{threads} of 4000 ticks in the first mode");
+    }
+
+    #[test]
+    fn idle_starts_over() {
+        let start = Instant::now();
+        let mut c = Chooser::new(start);
+        let mut served = 0u64;
+        for t in 1..=100u32 {
+            served += if c.mode() == Mode::Pollers {
+                2000
+            } else {
+                1000
+            };
+            c.tick(start + TICK * t, served);
+        }
+        assert_eq!(c.mode(), Mode::Pollers);
+        c.idle(start + Duration::from_secs(1));
+        assert_eq!(c.mode(), Mode::Threads);
+    }
+
+    #[test]
+    fn a_clock_that_does_not_move_changes_nothing() {
+        let now = Instant::now();
+        let mut c = Chooser::new(now);
+        for served in 0..100 {
+            assert_eq!(c.tick(now, served * 1000), None);
+        }
+        assert_eq!(c.mode(), Mode::Threads);
+    }
+}

@@ -11,10 +11,10 @@
 //!
 //! On a 2-CPU host each way was 1.4-1.6x faster than the other under one of the two kinds of
 //! client (docs/performance.md). So the daemon measures: while more connections are busy than
-//! there are pollers, it serves them one way for 30 ms, the other way for the next 30 ms (after
-//! 20 ms for the connections to move), and keeps the faster. It asks again 200 ms after a
-//! change, and less often (down to once in 2 s) while the answer stays the same, so a trial
-//! costs 50 ms in the slower mode, at first after 200 ms and then at most once in 800 ms.
+//! there are pollers, it serves them one way for 30 ms, the other way for 30 ms (after 80 ms
+//! for the change to settle), and keeps the faster by 10 %, each rate the median of 5 ms
+//! ticks. It asks again 1 s after a change, and less often (down to once in 10 s) while the
+//! answer stays the same, so a trial costs 110 ms in the slower mode, rarely.
 //!
 //! The logic here is pure (ticks and counts in, a mode out), so its tests run without threads.
 
@@ -50,15 +50,19 @@ impl Mode {
 
 /// Ticks each rate is measured over (30 ms).
 const MEASURE: u32 = 6;
-/// Ticks left to the connections to move after a change, before measuring (20 ms: measured
-/// sooner, the pollers had not reached their pace and lost trials they win in the long run).
-const SETTLE: u32 = 4;
+/// Ticks left after a change before measuring (80 ms). The connections move within a
+/// millisecond, but the new way's threads reach their pace only over tens of milliseconds
+/// (the scheduler learns their load): measured 5 or 20 ms after the change, the pollers lost
+/// trials they win in the long run.
+const SETTLE: u32 = 16;
 /// Ticks to keep a mode before the first trial once connections become busy.
 const FIRST_HOLD: u32 = 4;
-/// Ticks to keep a mode after a trial changed it (200 ms); each trial that keeps it holds it
-/// four times as long, up to 2 s. A trial costs 50 ms in the other mode.
-const MIN_HOLD: u32 = 40;
-const MAX_HOLD: u32 = 400;
+/// Ticks to keep a mode after a trial changed it (1 s); each trial that keeps it holds it four
+/// times as long, up to 10 s. A trial costs 110 ms in the other mode (measured: trials every
+/// 0.2-2 s lost a fifth of the pollers' throughput), so the holds are long: the kind of
+/// client changes rarely.
+const MIN_HOLD: u32 = 200;
+const MAX_HOLD: u32 = 2000;
 const HOLD_GROWTH: u32 = 4;
 /// How much faster the other mode must be to be kept: on a shared 2-CPU host, windows of
 /// the same mode differed by more than 5 %, and a trial won on noise holds a mode 200 ms.
@@ -90,8 +94,11 @@ pub(crate) struct Chooser {
     mode: Mode,
     phase: Phase,
     hold: u32,
-    /// Start of the window being measured: when, and the requests served by then.
-    mark: (Instant, u64),
+    /// The last tick: when, and the requests served by then.
+    last: (Instant, u64),
+    /// The rates of the ticks measured so far in the current window: a window's rate is their
+    /// median, so a few milliseconds in which the host took the CPUs away do not decide.
+    samples: Vec<f64>,
     baseline: f64,
 }
 
@@ -101,7 +108,8 @@ impl Chooser {
             mode: Mode::Threads,
             phase: Phase::Hold(FIRST_HOLD),
             hold: MIN_HOLD,
-            mark: (now, 0),
+            last: (now, 0),
+            samples: Vec::with_capacity(MEASURE as usize),
             baseline: 0.0,
         }
     }
@@ -119,20 +127,23 @@ impl Chooser {
     /// One tick while more connections are busy than there are pollers; `served` counts every
     /// request served so far. Returns the outcome of a trial that ended at this tick.
     pub(crate) fn tick(&mut self, now: Instant, served: u64) -> Option<Decision> {
-        let rate = || {
-            let (since, before) = self.mark;
+        let (since, before) = std::mem::replace(&mut self.last, (now, served));
+        if matches!(self.phase, Phase::Baseline(_) | Phase::Trial(_)) {
             let secs = now.duration_since(since).as_secs_f64();
             // A clock that did not move (or counts that went back) measures nothing.
-            (secs > 0.0).then(|| served.saturating_sub(before) as f64 / secs)
-        };
+            if secs > 0.0 {
+                self.samples
+                    .push(served.saturating_sub(before) as f64 / secs);
+            }
+        }
         let (next, decision) = match self.phase {
             Phase::Hold(n) if n > 1 => (Phase::Hold(n - 1), None),
             Phase::Hold(_) => {
-                self.mark = (now, served);
+                self.samples.clear();
                 (Phase::Baseline(MEASURE), None)
             }
             Phase::Baseline(n) if n > 1 => (Phase::Baseline(n - 1), None),
-            Phase::Baseline(_) => match rate() {
+            Phase::Baseline(_) => match median(&mut self.samples) {
                 Some(r) => {
                     self.baseline = r;
                     self.mode = self.mode.other();
@@ -142,12 +153,12 @@ impl Chooser {
             },
             Phase::Settle(n) if n > 1 => (Phase::Settle(n - 1), None),
             Phase::Settle(_) => {
-                self.mark = (now, served);
+                self.samples.clear();
                 (Phase::Trial(MEASURE), None)
             }
             Phase::Trial(n) if n > 1 => (Phase::Trial(n - 1), None),
             Phase::Trial(_) => {
-                let trial = rate().unwrap_or(0.0);
+                let trial = median(&mut self.samples).unwrap_or(0.0);
                 if trial > self.baseline * (1.0 + MARGIN) {
                     self.hold = MIN_HOLD;
                     let decision = Decision {
@@ -165,6 +176,17 @@ impl Chooser {
         };
         self.phase = next;
         decision
+    }
+}
+
+/// The median of `v` (the mean of the middle two for an even count); `None` when empty.
+fn median(v: &mut [f64]) -> Option<f64> {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(v[n / 2]),
+        _ => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
     }
 }
 
@@ -247,22 +269,23 @@ mod tests {
         let mut c = Chooser::new(start);
         let mut served = 0f64;
         let mut late_threads = 0;
-        for t in 1..=4000u32 {
+        for t in 1..=8000u32 {
             let pollers_faster = t <= 2000;
             let rate = match (c.mode(), pollers_faster) {
                 (Mode::Pollers, true) | (Mode::Threads, false) => 100_000.0,
                 _ => 60_000.0,
             };
             served += rate * TICK.as_secs_f64();
-            // Within 2 s (the longest hold) of the change, and after it.
-            if t > 2400 && c.mode() == Mode::Threads {
+            // From the longest hold (10 s) and a trial after the change on.
+            if t > 2000 + MAX_HOLD + 100 && c.mode() == Mode::Threads {
                 late_threads += 1;
             }
             c.tick(start + TICK * t, served as u64);
         }
+        let late = 8000 - (2000 + MAX_HOLD + 100);
         assert!(
-            late_threads >= 1500,
-            "{late_threads} of the last 1600 ticks with threads"
+            late_threads * 100 >= late * 95,
+            "{late_threads} of the last {late} ticks with threads"
         );
     }
 
@@ -272,6 +295,31 @@ mod tests {
         assert!(log.is_empty(), "changed mode on noise: {log:?}");
         // After the first trials the hold grows up to MAX_HOLD: few ticks are spent trying.
         assert!(threads >= 3800, "{threads} of 4000 ticks in the first mode");
+    }
+
+    #[test]
+    fn a_stall_of_a_few_milliseconds_does_not_decide_a_trial() {
+        // Threads faster, but one tick of each threads window is a stall (the host took the
+        // CPUs): the window's mean would fall below the pollers', its median does not.
+        let start = Instant::now();
+        let mut c = Chooser::new(start);
+        let mut served = 0u64;
+        for t in 1..=4000u32 {
+            let per_tick = match c.mode() {
+                Mode::Threads if t % 6 == 0 => 0,
+                Mode::Threads => 700,
+                Mode::Pollers => 650,
+            };
+            served += per_tick;
+            assert_eq!(c.tick(start + TICK * t, served), None, "tick {t}: {c:?}");
+        }
+    }
+
+    #[test]
+    fn medians() {
+        assert_eq!(median(&mut []), None);
+        assert_eq!(median(&mut [3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(&mut [4.0, 1.0, 3.0, 2.0]), Some(2.5));
     }
 
     #[test]

@@ -81,7 +81,7 @@ pub(crate) struct Busy {
     bound: AtomicUsize,
     narrow: usize,
     wide: usize,
-    /// Connections in the pollers' set (`Slots::used`, readable without the lock).
+    /// Connections in the pollers' set: changed under the slots' lock, read without it.
     in_set: AtomicUsize,
     cpus: usize,
     joined: Notify,
@@ -91,7 +91,6 @@ pub(crate) struct Busy {
 struct Slots {
     entries: Vec<Entry>,
     free: Vec<u32>,
-    used: usize,
 }
 
 #[derive(Default)]
@@ -246,7 +245,6 @@ impl Busy {
             last: Instant::now(),
             socket,
         });
-        slots.used += 1;
         self.in_set.fetch_add(1, Ordering::AcqRel);
         drop(slots);
         self.joined.notify_one();
@@ -374,7 +372,9 @@ impl Busy {
         let mut chooser = Chooser::new(Instant::now());
         let mut last_look = Instant::now();
         loop {
-            if self.lock().used == 0 && self.dedicated.load(Ordering::Acquire) <= self.narrow {
+            if self.in_set.load(Ordering::Acquire) == 0
+                && self.dedicated.load(Ordering::Acquire) <= self.narrow
+            {
                 chooser.idle(Instant::now());
                 self.set_mode(chooser.mode());
                 self.joined.notified().await;
@@ -389,7 +389,7 @@ impl Busy {
             self.hand_back_quiet();
             if served == last_served
                 && self.waiting.load(Ordering::Acquire) == 0
-                && self.lock().used > 0
+                && self.in_set.load(Ordering::Acquire) > 0
             {
                 // Every poller has been inside one request for a whole tick: as many again.
                 if let Err(e) = self.start_pollers(self.wanted) {
@@ -441,11 +441,7 @@ impl Busy {
         let shutdown = self.shutdown.load(Ordering::Acquire);
         let mut quiet = Vec::new();
         let mut slots = self.lock();
-        let Slots {
-            entries,
-            free,
-            used,
-        } = &mut *slots;
+        let Slots { entries, free } = &mut *slots;
         for (i, entry) in entries.iter_mut().enumerate() {
             let due = entry
                 .slot
@@ -454,7 +450,6 @@ impl Busy {
             if due {
                 let slot = entry.slot.take().expect("checked above");
                 free.push(i as u32);
-                *used -= 1;
                 self.in_set.fetch_sub(1, Ordering::AcqRel);
                 quiet.push(slot);
             }
@@ -637,10 +632,7 @@ impl Busy {
             r => r,
         };
         match result {
-            Ok(Served::Reply)
-                if self.dedicated.load(Ordering::Acquire) < self.bound.load(Ordering::Acquire)
-                    && self.claim_thread() =>
-            {
+            Ok(Served::Reply) if self.claim_thread() => {
                 self.promote(index, generation, stream);
             }
             Ok(served @ (Served::Reply | Served::Nothing)) => {
@@ -670,7 +662,6 @@ impl Busy {
             };
             if slot.is_some() {
                 slots.free.push(index as u32);
-                slots.used -= 1;
                 self.in_set.fetch_sub(1, Ordering::AcqRel);
             }
             slot
@@ -731,7 +722,6 @@ impl Busy {
         };
         if let Some(slot) = slot {
             slots.free.push(index as u32);
-            slots.used -= 1;
             self.in_set.fetch_sub(1, Ordering::AcqRel);
             drop(slots);
             // Dropping the stream (if still there) closes it, which also removes it from epoll.

@@ -11,8 +11,6 @@ use crate::devices::{DeviceConfig, DeviceConfigError};
 pub const DEFAULT_SOCKET: &str = "/var/run/qemu-pr-helper.sock";
 /// Default pidfile path, as qemu-pr-helper's.
 pub const DEFAULT_PIDFILE: &str = "/var/run/qemu-pr-helper.pid";
-/// Most busy connections with a thread of their own when `--connection-threads` is not given.
-const DEFAULT_CONNECTION_THREADS: usize = 256;
 
 const AFTER_HELP: &str = "\
 QEMU connects with:  -object pr-manager-helper,id=pr0,path=SOCKET
@@ -113,7 +111,7 @@ pub struct Cli {
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_connections: u32,
 
-    /// Most busy connections served each by a thread of its own [default: 256]. Such a
+    /// Most busy connections served each by a thread of its own. Such a
     /// thread reads, runs and answers its connection's requests with blocking calls, so the
     /// kernel wakes exactly it (no hand-off per request); it ends after 200 ms without a
     /// request. The first busy connections, one per CPU (at most 4), always get one. Beyond
@@ -122,9 +120,9 @@ pub struct Cli {
     /// sleeping) serve them faster, and uses the faster: clients that block until each reply
     /// (as QEMU's) are served faster by threads, a client that drives many connections from
     /// one event loop by the pollers (docs/performance.md). 0: pollers only.
-    #[arg(long = "connection-threads", value_name = "N",
+    #[arg(long = "connection-threads", value_name = "N", default_value_t = 256,
           value_parser = clap::value_parser!(u32).range(0..=4096))]
-    pub connection_threads: Option<u32>,
+    pub connection_threads: u32,
 }
 
 /// How the seccomp filter treats a syscall outside the allow-list.
@@ -290,9 +288,7 @@ impl TryFrom<Cli> for Config {
             sgio_timeout: Duration::from_secs(cli.sgio_timeout.into()),
             io_timeout: Duration::from_secs(cli.io_timeout.into()),
             max_connections: cli.max_connections as usize,
-            connection_threads: cli
-                .connection_threads
-                .map_or(DEFAULT_CONNECTION_THREADS, |n| n as usize),
+            connection_threads: cli.connection_threads as usize,
             devices,
         })
     }

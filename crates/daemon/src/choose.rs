@@ -14,7 +14,11 @@
 //! there are pollers, it serves them one way for 30 ms, the other way for 30 ms (after 80 ms
 //! for the change to settle), and keeps the faster by 10 %, each rate the median of 5 ms
 //! ticks. It asks again 1 s after a change, and less often (down to once in 10 s) while the
-//! answer stays the same, so a trial costs 110 ms in the slower mode, rarely.
+//! answer stays the same. The holds count busy time only, and a quiet spell keeps the answer:
+//! the kind of client changes rarely, and a change of mode is dear. A trial costs 110 ms in
+//! the slower mode and about as long again for the kept mode to regain its pace (measured: a
+//! daemon that tried once in a 2 s load served 10-15 % fewer requests than one that never
+//! tried), so a load that stops and starts again pays for no new trial.
 //!
 //! The logic here is pure (ticks and counts in, a mode out), so its tests run without threads.
 
@@ -55,8 +59,9 @@ const MEASURE: u32 = 6;
 /// (the scheduler learns their load): measured 5 or 20 ms after the change, the pollers lost
 /// trials they win in the long run.
 const SETTLE: u32 = 16;
-/// Ticks to keep a mode before the first trial once connections become busy.
-const FIRST_HOLD: u32 = 4;
+/// Ticks to keep a mode once connections become busy before any trial (50 ms): clients that
+/// have just connected are still reaching their pace, and a rate measured then is too low.
+const FIRST_HOLD: u32 = 10;
 /// Ticks to keep a mode after a trial changed it (1 s); each trial that keeps it holds it four
 /// times as long, up to 10 s. A trial costs 110 ms in the other mode (measured: trials every
 /// 0.2-2 s lost a fifth of the pollers' throughput), so the holds are long: the kind of
@@ -118,10 +123,21 @@ impl Chooser {
         self.mode
     }
 
-    /// No more connections busy than there are pollers: both modes serve them alike. The next
-    /// time there are, the choice starts again from a thread per connection.
+    /// No more connections busy than there are pollers: both modes serve them alike. The choice
+    /// made so far stands for the next busy spell, which starts with at least FIRST_HOLD ticks
+    /// held; a trial under way is dropped, back to the mode it was trying against.
     pub(crate) fn idle(&mut self, now: Instant) {
-        *self = Chooser::new(now);
+        let left = match self.phase {
+            Phase::Hold(n) => n,
+            Phase::Baseline(_) => 0,
+            Phase::Settle(_) | Phase::Trial(_) => {
+                self.mode = self.mode.other();
+                0
+            }
+        };
+        self.phase = Phase::Hold(left.max(FIRST_HOLD));
+        self.samples.clear();
+        self.last = (now, self.last.1);
     }
 
     /// One tick while more connections are busy than there are pollers; `served` counts every
@@ -257,7 +273,7 @@ mod tests {
                 break;
             }
         }
-        // FIRST_HOLD + MEASURE + SETTLE + MEASURE ticks: 100 ms.
+        // FIRST_HOLD + MEASURE + SETTLE + MEASURE ticks: 190 ms.
         assert_eq!(decided, Some(FIRST_HOLD + MEASURE + SETTLE + MEASURE));
         assert_eq!(c.mode(), Mode::Pollers);
     }
@@ -322,22 +338,69 @@ mod tests {
         assert_eq!(median(&mut [4.0, 1.0, 3.0, 2.0]), Some(2.5));
     }
 
+    /// Ticks `c` from tick `from` to tick `to` (inclusive), the pollers serving `pollers` and a
+    /// thread per connection `threads` requests per tick; returns the decisions logged.
+    fn run(
+        c: &mut Chooser,
+        start: Instant,
+        served: &mut u64,
+        ticks: std::ops::RangeInclusive<u32>,
+        threads: u64,
+        pollers: u64,
+    ) -> Vec<Decision> {
+        let mut log = Vec::new();
+        for t in ticks {
+            *served += match c.mode() {
+                Mode::Pollers => pollers,
+                Mode::Threads => threads,
+            };
+            log.extend(c.tick(start + TICK * t, *served));
+        }
+        log
+    }
+
     #[test]
-    fn idle_starts_over() {
+    fn a_quiet_spell_keeps_the_choice() {
         let start = Instant::now();
         let mut c = Chooser::new(start);
         let mut served = 0u64;
-        for t in 1..=100u32 {
-            served += if c.mode() == Mode::Pollers {
-                2000
-            } else {
-                1000
-            };
-            c.tick(start + TICK * t, served);
-        }
+        let log = run(&mut c, start, &mut served, 1..=100, 1000, 2000);
+        assert_eq!(log.len(), 1, "{log:?}");
         assert_eq!(c.mode(), Mode::Pollers);
-        c.idle(start + Duration::from_secs(1));
-        assert_eq!(c.mode(), Mode::Threads);
+        c.idle(start + TICK * 150);
+        assert_eq!(c.mode(), Mode::Pollers, "a quiet spell undid the choice");
+        // The next busy spell goes on with the pollers and, its hold not over, tries nothing:
+        // a trial would go back to a thread per connection for a while.
+        for t in 301..=400u32 {
+            served += 2000;
+            assert_eq!(c.tick(start + TICK * t, served), None, "tick {t}: {c:?}");
+            assert_eq!(c.mode(), Mode::Pollers, "tick {t}: {c:?}");
+        }
+    }
+
+    #[test]
+    fn a_quiet_spell_drops_a_trial_under_way() {
+        let start = Instant::now();
+        let mut c = Chooser::new(start);
+        let mut served = 0u64;
+        // Into the trial of the pollers (FIRST_HOLD + MEASURE ticks, then settling), equal rates.
+        let first = FIRST_HOLD + MEASURE + 2;
+        assert!(run(&mut c, start, &mut served, 1..=first, 1000, 1000).is_empty());
+        assert_eq!(c.mode(), Mode::Pollers, "not trying the pollers: {c:?}");
+        c.idle(start + TICK * (first + 1));
+        assert_eq!(c.mode(), Mode::Threads, "the trial outlived the busy spell");
+        // The next spell holds for FIRST_HOLD ticks before it measures anything.
+        let resume = first + 100;
+        assert!(run(
+            &mut c,
+            start,
+            &mut served,
+            resume..=resume + FIRST_HOLD - 1,
+            1000,
+            1000
+        )
+        .is_empty());
+        assert_eq!(c.phase, Phase::Baseline(MEASURE), "{c:?}");
     }
 
     #[test]

@@ -53,7 +53,12 @@ as_nobody=(setpriv --reuid=nobody --regid=nogroup --clear-groups --no-new-privs)
 # PR_TARGET_SECCOMP=log lab/target.sh: unlisted system calls are logged (dmesg), not fatal.
 "${as_nobody[@]}" "$bin" --config "$work/target.toml" --seccomp "${PR_TARGET_SECCOMP:-kill}" 2> "$work/target.log" &
 tpid=$!
-trap 'kill "$tpid" 2>/dev/null || true' EXIT
+# Killed, the script takes the guest's QEMU (through timeout, which passes the signal on) and
+# pr-target with it: the EXIT trap runs on TERM and INT too.
+qpid=
+trap 'kill "$tpid" $qpid 2>/dev/null || true' EXIT
+trap 'exit 143' TERM
+trap 'exit 130' INT
 # Bounded wait for both sockets (pr-target binds them before it logs "ready").
 for _ in $(seq 200); do
   grep -q "ready" "$work/target.log" 2>/dev/null && break
@@ -89,7 +94,10 @@ boot() {
   -object memory-backend-memfd,id=mem,size=1024M,share=on -numa node,memdev=mem \
   -chardev socket,id=c0,path="$work/node1.sock" -device vhost-user-scsi-pci,chardev=c0,num_queues=2,addr=0x10 \
   -chardev socket,id=c1,path="$work/node2.sock" -device vhost-user-scsi-pci,chardev=c1,num_queues=2,addr=0x11 \
-  > "$2" 2>&1 || true
+  > "$2" 2>&1 &
+  qpid=$!
+  wait "$qpid" || true
+  qpid=
   echo "target: $1 guest run took $(( $(date +%s) - start ))s"
 }
 # tails LOG: what a failed boot leaves to diagnose it from the CI output alone — the end of

@@ -11,14 +11,14 @@
 //!
 //! On a 2-CPU host each way was 1.4-1.6x faster than the other under one of the two kinds of
 //! client (docs/performance.md). So the daemon measures: while more connections are busy than
-//! there are pollers, it serves them one way for 50 ms, the other way for 50 ms (after 80 ms
+//! there are pollers, it serves them one way for 30 ms, the other way for 30 ms (after 80 ms
 //! for the change to settle), and keeps the faster by 10 %, each rate the median of 5 ms
-//! ticks; not before a busy spell is 200 ms old, as a load that has just started is slower. It asks again 1 s after a change, and less often (down to once in 10 s) while the
+//! ticks. It asks again 1 s after a change, and less often (down to once in 10 s) while the
 //! answer stays the same. The holds count busy time only, and a quiet spell keeps the answer:
-//! the kind of client changes rarely, and a change of mode is dear. A trial costs 130 ms in
-//! the slower mode and more than that in all (measured: a daemon that tried once in a 2 s
-//! load served 13-32 % fewer requests than one that never tried, docs/performance.md), so a
-//! load that stops and starts again pays for no new trial.
+//! the kind of client changes rarely, and a change of mode is dear. A trial costs 110 ms in
+//! the slower mode and about as long again for the kept mode to regain its pace (measured: a
+//! daemon that tried once in a 2 s load served 10-15 % fewer requests than one that never
+//! tried), so a load that stops and starts again pays for no new trial.
 //!
 //! The logic here is pure (ticks and counts in, a mode out), so its tests run without threads.
 
@@ -52,21 +52,18 @@ impl Mode {
     }
 }
 
-/// Ticks each rate is measured over (50 ms): on this shared host, 5 ms ticks of one mode
-/// spread by ±15 %, and the median of ten is steadier than that of six.
-const MEASURE: u32 = 10;
+/// Ticks each rate is measured over (30 ms).
+const MEASURE: u32 = 6;
 /// Ticks left after a change before measuring (80 ms). The connections move within a
 /// millisecond, but the new way's threads reach their pace only over tens of milliseconds
 /// (the scheduler learns their load): measured 5 or 20 ms after the change, the pollers lost
 /// trials they win in the long run.
 const SETTLE: u32 = 16;
-/// Ticks to keep a mode once connections become busy before any trial (200 ms): clients that
-/// have just connected are still reaching their pace (the first 200 ms of a 16-client load
-/// ran at 84-133 k requests/s, the rest at 110-130 k), and a baseline measured then is too low
-/// (a trial of the pollers under clients they serve worse won that way).
-const FIRST_HOLD: u32 = 40;
+/// Ticks to keep a mode once connections become busy before any trial (50 ms): clients that
+/// have just connected are still reaching their pace, and a rate measured then is too low.
+const FIRST_HOLD: u32 = 10;
 /// Ticks to keep a mode after a trial changed it (1 s); each trial that keeps it holds it four
-/// times as long, up to 10 s. A trial costs 130 ms in the other mode (measured: trials every
+/// times as long, up to 10 s. A trial costs 110 ms in the other mode (measured: trials every
 /// 0.2-2 s lost a fifth of the pollers' throughput), so the holds are long: the kind of
 /// client changes rarely.
 const MIN_HOLD: u32 = 200;
@@ -276,7 +273,7 @@ mod tests {
                 break;
             }
         }
-        // FIRST_HOLD + MEASURE + SETTLE + MEASURE ticks: 380 ms.
+        // FIRST_HOLD + MEASURE + SETTLE + MEASURE ticks: 190 ms.
         assert_eq!(decided, Some(FIRST_HOLD + MEASURE + SETTLE + MEASURE));
         assert_eq!(c.mode(), Mode::Pollers);
     }

@@ -16,9 +16,9 @@
 //! ticks. It asks again 1 s after a change, and less often (down to once in 10 s) while the
 //! answer stays the same. The holds count busy time only, and a quiet spell keeps the answer:
 //! the kind of client changes rarely, and a change of mode is dear. A trial costs 110 ms in
-//! the slower mode and about as long again for the kept mode to regain its pace (measured: a
-//! daemon that tried once in a 2 s load served 10-15 % fewer requests than one that never
-//! tried), so a load that stops and starts again pays for no new trial.
+//! the slower mode and more than that in all (measured: a daemon that tried once in a 2 s
+//! load served 13-32 % fewer requests than one that never tried, docs/performance.md), so a
+//! load that stops and starts again pays for no new trial.
 //!
 //! The logic here is pure (ticks and counts in, a mode out), so its tests run without threads.
 

@@ -12,13 +12,14 @@
 //! On a 2-CPU host each way was 1.4-1.6x faster than the other under one of the two kinds of
 //! client (docs/performance.md). So the daemon measures: while more connections are busy than
 //! there are pollers, it serves them one way for 30 ms, the other way for 30 ms (after 80 ms
-//! for the change to settle, 200 ms for a change to the pollers), and keeps the faster by 10 %, each rate the median of 5 ms
-//! ticks. It asks again 1 s after a change, and less often (down to once in 10 s) while the
-//! answer stays the same. The holds count busy time only, and a quiet spell keeps the answer:
-//! the kind of client changes rarely, and a change of mode is dear. A trial costs 110 ms in
-//! the slower mode (230 ms when it tries the pollers) and more than that in all (measured: a daemon that tried once in a 2 s
-//! load served 13-32 % fewer requests than one that never tried, docs/performance.md), so a
-//! load that stops and starts again pays for no new trial.
+//! for the change to settle, 200 ms for a change to the pollers), and keeps the faster by
+//! 10 %, each rate the median of 5 ms ticks. It asks again 1 s after a change, and less often
+//! (down to once in 10 s) while the answer stays the same. The holds count busy time only,
+//! and a quiet spell keeps the answer: the kind of client changes rarely, and a change of mode
+//! is dear. A trial costs 110 ms in the slower mode (230 ms when it tries the pollers) and
+//! more than that in all (measured: a daemon that tried once in a 2 s load served 13-32 %
+//! fewer requests than one that never tried, docs/performance.md), so a load that stops and
+//! starts again pays for no new trial.
 //!
 //! The logic here is pure (ticks and counts in, a mode out), so its tests run without threads.
 

@@ -375,7 +375,7 @@ impl Busy {
             if self.in_set.load(Ordering::Acquire) == 0
                 && self.dedicated.load(Ordering::Acquire) <= self.narrow
             {
-                chooser.idle(Instant::now());
+                chooser.idle();
                 self.set_mode(chooser.mode());
                 self.joined.notified().await;
             }
@@ -408,7 +408,7 @@ impl Busy {
         let before = chooser.mode();
         let busy = self.in_set.load(Ordering::Acquire) + self.dedicated.load(Ordering::Acquire);
         let decision = if busy <= self.narrow {
-            chooser.idle(Instant::now());
+            chooser.idle();
             None
         } else {
             let served = served_by_pollers + self.served_own.load(Ordering::Acquire);

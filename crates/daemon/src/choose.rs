@@ -45,6 +45,14 @@ impl Mode {
         }
     }
 
+    /// Ticks a change to this mode settles before it is measured.
+    fn settle(self) -> u32 {
+        match self {
+            Mode::Threads => SETTLE,
+            Mode::Pollers => SETTLE_POLLERS,
+        }
+    }
+
     pub(crate) fn name(self) -> &'static str {
         match self {
             Mode::Threads => "a thread per connection",
@@ -64,13 +72,6 @@ const SETTLE: u32 = 16;
 /// 80 ms after a change (on `file` with the event-driven generator, the pollers lost every
 /// trial at 80 ms and, once kept, served 145 k requests/s against the threads' 116 k).
 const SETTLE_POLLERS: u32 = 40;
-
-fn settle(mode: Mode) -> u32 {
-    match mode {
-        Mode::Threads => SETTLE,
-        Mode::Pollers => SETTLE_POLLERS,
-    }
-}
 /// Ticks to keep a mode once connections become busy before any trial (50 ms): clients that
 /// have just connected are still reaching their pace, and a rate measured then is too low.
 const FIRST_HOLD: u32 = 10;
@@ -137,8 +138,9 @@ impl Chooser {
 
     /// No more connections busy than there are pollers: both modes serve them alike. The choice
     /// made so far stands for the next busy spell, which starts with at least FIRST_HOLD ticks
-    /// held; a trial under way is dropped, back to the mode it was trying against.
-    pub(crate) fn idle(&mut self, now: Instant) {
+    /// held; a trial under way is dropped, back to the mode it was trying against. (The first
+    /// tick of that spell, a held one, measures nothing and restarts the count from itself.)
+    pub(crate) fn idle(&mut self) {
         let left = match self.phase {
             Phase::Hold(n) => n,
             Phase::Baseline(_) => 0,
@@ -149,7 +151,6 @@ impl Chooser {
         };
         self.phase = Phase::Hold(left.max(FIRST_HOLD));
         self.samples.clear();
-        self.last = (now, self.last.1);
     }
 
     /// One tick while more connections are busy than there are pollers; `served` counts every
@@ -175,7 +176,7 @@ impl Chooser {
                 Some(r) => {
                     self.baseline = r;
                     self.mode = self.mode.other();
-                    (Phase::Settle(settle(self.mode)), None)
+                    (Phase::Settle(self.mode.settle()), None)
                 }
                 None => (Phase::Hold(MIN_HOLD), None),
             },
@@ -353,8 +354,8 @@ mod tests {
         assert_eq!(median(&mut [4.0, 1.0, 3.0, 2.0]), Some(2.5));
     }
 
-    /// Ticks `c` from tick `from` to tick `to` (inclusive), the pollers serving `pollers` and a
-    /// thread per connection `threads` requests per tick; returns the decisions logged.
+    /// Ticks `c` through `ticks` (tick numbers from `start`), the pollers serving `pollers` and
+    /// a thread per connection `threads` requests per tick; returns the decisions logged.
     fn run(
         c: &mut Chooser,
         start: Instant,
@@ -382,7 +383,7 @@ mod tests {
         let log = run(&mut c, start, &mut served, 1..=100, 1000, 2000);
         assert_eq!(log.len(), 1, "{log:?}");
         assert_eq!(c.mode(), Mode::Pollers);
-        c.idle(start + TICK * 150);
+        c.idle();
         assert_eq!(c.mode(), Mode::Pollers, "a quiet spell undid the choice");
         // The next busy spell goes on with the pollers and, its hold not over, tries nothing:
         // a trial would go back to a thread per connection for a while.
@@ -402,7 +403,7 @@ mod tests {
         let first = FIRST_HOLD + MEASURE + 2;
         assert!(run(&mut c, start, &mut served, 1..=first, 1000, 1000).is_empty());
         assert_eq!(c.mode(), Mode::Pollers, "not trying the pollers: {c:?}");
-        c.idle(start + TICK * (first + 1));
+        c.idle();
         assert_eq!(c.mode(), Mode::Threads, "the trial outlived the busy spell");
         // The next spell holds for FIRST_HOLD ticks before it measures anything.
         let resume = first + 100;

@@ -10,6 +10,9 @@ use pr_scsi::{RelativeTargetPort, Status};
 use pr_target::backing::{Backing, BackingError};
 use pr_target::scsi::{BlockDevice, DiskIdentity, DiskServer};
 
+mod common;
+use common::open_after_drop;
+
 /// A loop device over a file of `len` bytes, detached on drop.
 struct Loop {
     dev: PathBuf,
@@ -172,7 +175,11 @@ fn a_loop_device_backs_a_logical_unit_locked_sized_read_and_written() {
 
     // Read-only: a WRITE is refused with DATA PROTECT, WRITE PROTECTED (07h, 27h/00h).
     drop(disk);
-    let ro = DiskServer::new(Backing::open(&lo.dev, true).unwrap(), identity(), 512, true);
+    let ro_backing = open_after_drop(
+        "a read-only open after the writable one was dropped",
+        || Backing::open(&lo.dev, true),
+    );
+    let ro = DiskServer::new(ro_backing, identity(), 512, true);
     let r = run(&ro, &[0x2a, 0, 0, 0, 0, 100, 0, 0, 1, 0], &data);
     assert_eq!(r.status, Status::CHECK_CONDITION);
     let sense = r.sense.expect("sense data").to_fixed();
@@ -287,7 +294,9 @@ fn a_shared_backing_refuses_a_block_size_its_direct_io_cannot_move() {
     let ok = Backing::open_shared(&lo.dev, false, 4096).unwrap();
     assert_eq!(ok.direct().map(|d| d.offset), Some(4096));
     drop(ok);
-    let local = Backing::open(&lo.dev, false).unwrap();
+    let local = open_after_drop("a local open after the shared one was dropped", || {
+        Backing::open(&lo.dev, false)
+    });
     let disk = DiskServer::new(local, identity(), 512, false);
     let r = run(&disk, &[0x28, 0, 0, 0, 0, 3, 0, 0, 1, 0], &[]);
     assert_eq!(r.status, Status::GOOD, "{r:?}");

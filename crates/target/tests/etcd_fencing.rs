@@ -22,6 +22,9 @@ use pr_target::backing::{Backing, BackingError};
 use pr_target::lu::{FencedLu, SlotId};
 use pr_target::scsi::{BlockDevice, DiskIdentity, DiskServer};
 
+mod common;
+use common::open_after_drop;
+
 const BLOCK: usize = 512;
 /// B writes block n at LBA n % REGION.
 const REGION: u64 = 64;
@@ -538,7 +541,9 @@ fn a_shared_backing_admits_other_fenced_targets_and_refuses_a_local_one() {
         Err(BackingError::Locked { .. })
     ));
     drop((one, two));
-    let local = Backing::open(&path, false).unwrap();
+    let local = open_after_drop("a local open after both shared ones were dropped", || {
+        Backing::open(&path, false)
+    });
     let e = Backing::open_shared(&path, false, 512).unwrap_err();
     assert!(matches!(e, BackingError::LockedExclusive { .. }));
     assert!(e.to_string().contains("locked exclusively"), "{e}");

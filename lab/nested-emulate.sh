@@ -29,23 +29,30 @@ P=$(lio_disk npt naa.5001405fff000c03 naa.5001405fff000d03) || { ko "LIO" "no di
 store=/run/nested-emu/store.db
 rm -rf /run/nested-emu
 pids=()
-# start_daemon NAME [CONFIG]: our daemon on /run/nested-NAME.sock, as nobody.
+# start_daemon NAME DEVICE [CONFIG]: our daemon on /run/nested-NAME.sock, as nobody; returns
+# once it answers REPORT CAPABILITIES for DEVICE (the socket appears before the daemon has
+# opened its store, and a daemon that then fails leaves it behind: it can no longer remove it).
 start_daemon() {
-  local sock=/run/nested-$1.sock args=()
-  [ -n "${2:-}" ] && { printf '%s' "$2" > /run/nested-$1.toml; args=(--config /run/nested-$1.toml); }
+  local sock=/run/nested-$1.sock args=() pid
+  [ -n "${3:-}" ] && { printf '%s' "$3" > /run/nested-$1.toml; args=(--config /run/nested-$1.toml); }
   rm -f "$sock"
   $BIN/pr-helper -v -k "$sock" -u nobody -g nogroup "${args[@]}" 2>/run/nested-$1.log &
-  pids+=($!)
-  for s in $(seq 150); do [ -S "$sock" ] && return 0; sleep 0.1; done
-  ko "daemon $1" "no socket after 15 s: $(cat /run/nested-$1.log)"
+  pid=$!
+  pids+=($pid)
+  for s in $(seq 300); do
+    [ -S "$sock" ] && $BIN/pr-ctl --socket "$sock" capabilities "$2" >/dev/null 2>&1 && return 0
+    kill -0 $pid 2>/dev/null || { ko "daemon $1" "exited before answering: $(tail -5 /run/nested-$1.log)"; return 1; }
+    sleep 0.1
+  done
+  ko "daemon $1" "no answer to REPORT CAPABILITIES on $2 after 30 s: $(tail -5 /run/nested-$1.log)"
   return 1
 }
 emu_config() { # DEVICE INITIATOR
   printf '[[device]]\npath = "%s"\nbackend = "emulate"\nlu = "nested-shared"\n\n[emulate]\nstore = "%s"\ninitiator = "%s"\n' "$1" "$store" "$2"
 }
-start_daemon ea "$(emu_config "$A" iqn.2026-11.org.pr-helper.lab:vm-a)" || exit 0
-start_daemon eb "$(emu_config "$B" iqn.2026-11.org.pr-helper.lab:vm-b)" || exit 0
-start_daemon pt || exit 0
+start_daemon ea "$A" "$(emu_config "$A" iqn.2026-11.org.pr-helper.lab:vm-a)" || exit 0
+start_daemon eb "$B" "$(emu_config "$B" iqn.2026-11.org.pr-helper.lab:vm-b)" || exit 0
+start_daemon pt "$P" || exit 0
 
 # -nodefaults: no NIC or VGA card, nor their option ROMs to run (the serial ports are given);
 # vmlinux: the kernel uncompressed (lab/build-initramfs says why).

@@ -588,3 +588,55 @@ fn execute_later_answers_from_the_writer_once_durable() {
     let e = rx.try_recv().expect("answered at once").unwrap_err();
     assert_eq!(e.kind(), ErrorKind::ReadOnly, "{e}");
 }
+
+/// Helper processes started together on a new file (two daemons of one cluster sharing a
+/// store, as the nested-emulate lab starts them) all open it: none sees the file half set up
+/// by another, and none is refused because another took the lock it needed to switch the
+/// journal to WAL. Each round is a fresh file and four stores opening it at one instant; the
+/// store that opens last must then read what the first one wrote.
+#[test]
+fn stores_opening_a_new_file_at_once_all_open_it() {
+    const ROUNDS: usize = 100;
+    const STORES: usize = 4;
+    let lu = lu();
+    let mut failures = Vec::new();
+    for round in 0..ROUNDS {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pr.db");
+        let start = Barrier::new(STORES);
+        let opened: Vec<_> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..STORES)
+                .map(|_| {
+                    let (path, start) = (&path, &start);
+                    s.spawn(move || {
+                        start.wait();
+                        SqliteStore::open(path)
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let mut stores = Vec::new();
+        for r in opened {
+            match r {
+                Ok(s) => stores.push(s),
+                Err(e) => failures.push(format!("round {round}: {e}")),
+            }
+        }
+        if let [first, .., last] = &stores[..] {
+            assert_eq!(status(&register(first, &lu, 1, 0x1234, 0)), GOOD);
+            let state = last
+                .load(&lu)
+                .unwrap()
+                .expect("the first store's registration");
+            assert_eq!(keys(&state), [0x1234], "round {round}");
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} opens failed, the first: {:?}",
+        failures.len(),
+        ROUNDS * STORES,
+        &failures[..failures.len().min(3)]
+    );
+}

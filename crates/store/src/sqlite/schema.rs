@@ -3,6 +3,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, ErrorCode, OpenFlags, TransactionBehavior};
 
@@ -58,11 +59,16 @@ pub(crate) fn open_with(
     let err = |op: &'static str| move |e| sqlite_error(path, None, op, options.busy_timeout, e);
     conn.busy_timeout(options.busy_timeout)
         .map_err(err("setting the busy timeout"))?;
-    // Look before writing anything: a corrupt, foreign or newer file is left as it is.
-    inspect(&conn, path, options, migrations.len() as i64)?;
-    let mode: String = conn
-        .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
-        .map_err(err("setting journal_mode=WAL"))?;
+    // Look before writing anything: a corrupt, foreign or newer file is left as it is. One
+    // read transaction: another process initialising the file commits its header and its
+    // tables together, and separate reads could see the tables without the header.
+    {
+        let snapshot = conn
+            .transaction_with_behavior(TransactionBehavior::Deferred)
+            .map_err(err("beginning to read the schema"))?;
+        inspect(&snapshot, path, options, migrations.len() as i64)?;
+    }
+    let mode = set_wal(&conn, options.busy_timeout).map_err(err("setting journal_mode=WAL"))?;
     if !mode.eq_ignore_ascii_case("wal") {
         return Err(StoreError::Corrupt {
             path: path.to_owned(),
@@ -92,6 +98,30 @@ pub(crate) fn open_with(
     }
     tx.commit().map_err(err("committing the schema"))?;
     Ok(conn)
+}
+
+/// `PRAGMA journal_mode=WAL`, retried for up to `timeout` while the file is busy; returns the
+/// journal mode it leaves. Two processes opening a new file at once can both hold a shared lock
+/// and both want the exclusive one the switch needs: SQLite then answers one of them BUSY at
+/// once rather than calling the busy handler (which would wait on a lock never given up), and
+/// that one must let go and ask again.
+fn set_wal(conn: &Connection, timeout: Duration) -> rusqlite::Result<String> {
+    let deadline = Instant::now() + timeout;
+    let mut pause = Duration::from_millis(1);
+    loop {
+        match conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0)) {
+            Err(e)
+                if matches!(
+                    e.sqlite_error_code(),
+                    Some(ErrorCode::DatabaseBusy) | Some(ErrorCode::DatabaseLocked)
+                ) && Instant::now() + pause < deadline =>
+            {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(50));
+            }
+            r => return r,
+        }
+    }
 }
 
 /// Opens an existing `path` read-only (nothing is written: no journal mode, no schema set up or
@@ -136,7 +166,22 @@ pub(crate) fn open_read_only(
             e,
         )
     })?;
-    match inspect(&conn, path, options, MIGRATIONS.len() as i64)? {
+    // One read transaction, as in open_with: a file being initialised is seen whole or not.
+    let found = {
+        let snapshot = conn
+            .transaction_with_behavior(TransactionBehavior::Deferred)
+            .map_err(|e| {
+                sqlite_error(
+                    path,
+                    None,
+                    "beginning to read the schema",
+                    options.busy_timeout,
+                    e,
+                )
+            })?;
+        inspect(&snapshot, path, options, MIGRATIONS.len() as i64)?
+    };
+    match found {
         Found::Empty => Ok((conn, true)),
         Found::Store(v) if v == SCHEMA_VERSION => Ok((conn, false)),
         Found::Store(_) => Err(StoreError::ReadOnly {

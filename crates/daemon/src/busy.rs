@@ -412,7 +412,7 @@ impl Busy {
             None
         } else {
             let served = served_by_pollers + self.served_own.load(Ordering::Acquire);
-            chooser.tick(Instant::now(), served)
+            chooser.tick(Instant::now(), served, busy)
         };
         let mode = chooser.mode();
         if mode != before {

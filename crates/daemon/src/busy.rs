@@ -412,7 +412,7 @@ impl Busy {
             None
         } else {
             let served = served_by_pollers + self.served_own.load(Ordering::Acquire);
-            chooser.tick(Instant::now(), served, busy)
+            chooser.tick(Instant::now(), served)
         };
         let mode = chooser.mode();
         if mode != before {

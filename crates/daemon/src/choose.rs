@@ -21,14 +21,6 @@
 //! fewer requests than one that never tried, docs/performance.md), so a load that stops and
 //! starts again pays for no new trial.
 //!
-//! The answer is kept for each load size apart (the busy connections counted to a power of two):
-//! which way wins depends on how many connections are busy as well as on the kind of client (a
-//! thread each serves at most `--connection-threads` of them: beyond that the pollers win
-//! under either kind), and a choice made for 1000 busy connections held for 64 for up to 10 s
-//! (measured: `pr-bench compare` with thread-per-client clients ran its 64-client rounds with
-//! the pollers its 1000-client rounds had chosen). A size seen for the first time starts from
-//! the current mode and tries the other after FIRST_HOLD.
-//!
 //! The logic here is pure (ticks and counts in, a mode out), so its tests run without threads.
 
 use std::time::{Duration, Instant};
@@ -94,25 +86,6 @@ const HOLD_GROWTH: u32 = 4;
 /// the same mode differed by more than 5 %, and a trial won on noise holds a mode 200 ms.
 const MARGIN: f64 = 0.10;
 
-/// Load sizes the choice is kept for: busy connections 2^k to 2^(k+1) - 1 are size k, the last
-/// size taking every count above.
-const SIZES: usize = 16;
-
-/// The size of a load of `busy` busy connections.
-fn size_of(busy: usize) -> usize {
-    ((usize::BITS - 1 - busy.max(1).leading_zeros()) as usize).min(SIZES - 1)
-}
-
-/// The choice kept for a load size while another size is busy.
-#[derive(Debug, Clone, Copy, PartialEq)]
-struct Kept {
-    mode: Mode,
-    /// The hold a trial that keeps the mode gives next.
-    hold: u32,
-    /// Ticks of the hold left.
-    left: u32,
-}
-
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Phase {
     /// Keeping the mode for this many more ticks.
@@ -145,10 +118,6 @@ pub(crate) struct Chooser {
     /// median, so a few milliseconds in which the host took the CPUs away do not decide.
     samples: Vec<f64>,
     baseline: f64,
-    /// The load size the state above is for (none before the first busy tick), and the choice
-    /// kept for each other size.
-    size: Option<usize>,
-    kept: [Option<Kept>; SIZES],
 }
 
 impl Chooser {
@@ -160,8 +129,6 @@ impl Chooser {
             last: (now, 0),
             samples: Vec::with_capacity(MEASURE as usize),
             baseline: 0.0,
-            size: None,
-            kept: [None; SIZES],
         }
     }
 
@@ -174,58 +141,21 @@ impl Chooser {
     /// held; a trial under way is dropped, back to the mode it was trying against. (The first
     /// tick of that spell, a held one, measures nothing and restarts the count from itself.)
     pub(crate) fn idle(&mut self) {
-        let left = self.stop();
-        self.phase = Phase::Hold(left.max(FIRST_HOLD));
-        self.samples.clear();
-    }
-
-    /// Ends what the current phase was doing: a trial under way is dropped, back to the mode
-    /// it was trying against. Returns the ticks of hold left.
-    fn stop(&mut self) -> u32 {
-        match self.phase {
+        let left = match self.phase {
             Phase::Hold(n) => n,
             Phase::Baseline(_) => 0,
             Phase::Settle(_) | Phase::Trial(_) => {
                 self.mode = self.mode.other();
                 0
             }
-        }
-    }
-
-    /// `busy` connections are busy: on a change of load size, keeps the choice for the size
-    /// left and takes up the one kept for the new size (or, for a size not seen yet, the
-    /// current mode, to be tried against the other after FIRST_HOLD). Either way the next
-    /// FIRST_HOLD ticks at least are held: clients of a new load are still reaching their pace.
-    fn resize(&mut self, busy: usize) {
-        let size = size_of(busy);
-        let Some(old) = self.size.replace(size) else {
-            return;
         };
-        if old == size {
-            return;
-        }
-        let left = self.stop();
-        self.kept[old] = Some(Kept {
-            mode: self.mode,
-            hold: self.hold,
-            left,
-        });
-        let k = self.kept[size].unwrap_or(Kept {
-            mode: self.mode,
-            hold: MIN_HOLD,
-            left: 0,
-        });
-        self.mode = k.mode;
-        self.hold = k.hold;
-        self.phase = Phase::Hold(k.left.max(FIRST_HOLD));
+        self.phase = Phase::Hold(left.max(FIRST_HOLD));
         self.samples.clear();
     }
 
-    /// One tick while `busy` connections, more than there are pollers, are busy; `served`
-    /// counts every request served so far. Returns the outcome of a trial that ended at this
-    /// tick.
-    pub(crate) fn tick(&mut self, now: Instant, served: u64, busy: usize) -> Option<Decision> {
-        self.resize(busy);
+    /// One tick while more connections are busy than there are pollers; `served` counts every
+    /// request served so far. Returns the outcome of a trial that ended at this tick.
+    pub(crate) fn tick(&mut self, now: Instant, served: u64) -> Option<Decision> {
         let (since, before) = std::mem::replace(&mut self.last, (now, served));
         if matches!(self.phase, Phase::Baseline(_) | Phase::Trial(_)) {
             let secs = now.duration_since(since).as_secs_f64();
@@ -293,9 +223,6 @@ fn median(v: &mut [f64]) -> Option<f64> {
 mod tests {
     use super::*;
 
-    /// The busy connections of a load whose size stays the same.
-    const BUSY: usize = 64;
-
     /// Runs a chooser for `ticks` ticks against a load that serves `rate(mode)`
     /// requests per second, and returns the ticks spent in each mode and the decisions logged.
     fn simulate(ticks: u32, rate: impl Fn(Mode) -> f64) -> (u32, u32, Vec<Decision>) {
@@ -310,7 +237,7 @@ mod tests {
                 Mode::Pollers => pollers += 1,
             }
             let now = start + TICK * t;
-            log.extend(c.tick(now, served as u64, BUSY));
+            log.extend(c.tick(now, served as u64));
         }
         (threads, pollers, log)
     }
@@ -354,7 +281,7 @@ mod tests {
             } else {
                 1000
             };
-            if c.tick(start + TICK * t, served, BUSY).is_some() {
+            if c.tick(start + TICK * t, served).is_some() {
                 decided = Some(t);
                 break;
             }
@@ -385,7 +312,7 @@ mod tests {
             if t > 2000 + MAX_HOLD + 100 && c.mode() == Mode::Threads {
                 late_threads += 1;
             }
-            c.tick(start + TICK * t, served as u64, BUSY);
+            c.tick(start + TICK * t, served as u64);
         }
         let late = 8000 - (2000 + MAX_HOLD + 100);
         assert!(
@@ -416,11 +343,7 @@ mod tests {
                 Mode::Pollers => 650,
             };
             served += per_tick;
-            assert_eq!(
-                c.tick(start + TICK * t, served, BUSY),
-                None,
-                "tick {t}: {c:?}"
-            );
+            assert_eq!(c.tick(start + TICK * t, served), None, "tick {t}: {c:?}");
         }
     }
 
@@ -431,14 +354,13 @@ mod tests {
         assert_eq!(median(&mut [4.0, 1.0, 3.0, 2.0]), Some(2.5));
     }
 
-    /// Ticks `c` through `ticks` (tick numbers from `start`) with `busy` connections busy, the
-    /// pollers serving `pollers` and a thread per connection `threads` requests per tick;
-    /// returns the decisions logged.
+    /// Ticks `c` through `ticks` (tick numbers from `start`), the pollers serving `pollers` and
+    /// a thread per connection `threads` requests per tick; returns the decisions logged.
     fn run(
         c: &mut Chooser,
         start: Instant,
         served: &mut u64,
-        (ticks, busy): (std::ops::RangeInclusive<u32>, usize),
+        ticks: std::ops::RangeInclusive<u32>,
         threads: u64,
         pollers: u64,
     ) -> Vec<Decision> {
@@ -448,7 +370,7 @@ mod tests {
                 Mode::Pollers => pollers,
                 Mode::Threads => threads,
             };
-            log.extend(c.tick(start + TICK * t, *served, busy));
+            log.extend(c.tick(start + TICK * t, *served));
         }
         log
     }
@@ -458,7 +380,7 @@ mod tests {
         let start = Instant::now();
         let mut c = Chooser::new(start);
         let mut served = 0u64;
-        let log = run(&mut c, start, &mut served, (1..=100, BUSY), 1000, 2000);
+        let log = run(&mut c, start, &mut served, 1..=100, 1000, 2000);
         assert_eq!(log.len(), 1, "{log:?}");
         assert_eq!(c.mode(), Mode::Pollers);
         c.idle();
@@ -467,11 +389,7 @@ mod tests {
         // a trial would go back to a thread per connection for a while.
         for t in 301..=400u32 {
             served += 2000;
-            assert_eq!(
-                c.tick(start + TICK * t, served, BUSY),
-                None,
-                "tick {t}: {c:?}"
-            );
+            assert_eq!(c.tick(start + TICK * t, served), None, "tick {t}: {c:?}");
             assert_eq!(c.mode(), Mode::Pollers, "tick {t}: {c:?}");
         }
     }
@@ -483,7 +401,7 @@ mod tests {
         let mut served = 0u64;
         // Into the trial of the pollers (FIRST_HOLD + MEASURE ticks, then settling), equal rates.
         let first = FIRST_HOLD + MEASURE + 2;
-        assert!(run(&mut c, start, &mut served, (1..=first, BUSY), 1000, 1000).is_empty());
+        assert!(run(&mut c, start, &mut served, 1..=first, 1000, 1000).is_empty());
         assert_eq!(c.mode(), Mode::Pollers, "not trying the pollers: {c:?}");
         c.idle();
         assert_eq!(c.mode(), Mode::Threads, "the trial outlived the busy spell");
@@ -493,7 +411,7 @@ mod tests {
             &mut c,
             start,
             &mut served,
-            (resume..=resume + FIRST_HOLD - 1, BUSY),
+            resume..=resume + FIRST_HOLD - 1,
             1000,
             1000
         )
@@ -502,55 +420,11 @@ mod tests {
     }
 
     #[test]
-    fn each_load_size_keeps_its_own_choice() {
-        let start = Instant::now();
-        let mut c = Chooser::new(start);
-        let mut served = 0u64;
-        // 1000 busy connections, the pollers faster: they are chosen.
-        let log = run(&mut c, start, &mut served, (1..=100, 1000), 1000, 2000);
-        assert_eq!(
-            log.iter().map(|d| d.mode).collect::<Vec<_>>(),
-            [Mode::Pollers]
-        );
-        // 64, a size not seen yet, threads faster: it starts with the pollers and tries threads
-        // after FIRST_HOLD, not after the 1 s the pollers hold for 1000.
-        let log = run(&mut c, start, &mut served, (101..=200, 64), 1500, 1000);
-        assert_eq!(
-            log.iter().map(|d| d.mode).collect::<Vec<_>>(),
-            [Mode::Threads]
-        );
-        // Back to each size: its own choice at once, and no trial while its hold lasts.
-        for (ticks, busy, mode) in [
-            (201..=300, 1000, Mode::Pollers),
-            (301..=400, 100, Mode::Threads),
-        ] {
-            for t in ticks {
-                served += 1000;
-                assert_eq!(
-                    c.tick(start + TICK * t, served, busy),
-                    None,
-                    "tick {t}: {c:?}"
-                );
-                assert_eq!(c.mode(), mode, "tick {t}, {busy} busy: {c:?}");
-            }
-        }
-    }
-
-    #[test]
-    fn load_sizes_are_powers_of_two() {
-        let sizes: Vec<_> = [0, 1, 2, 3, 4, 63, 64, 127, 128, 1000, usize::MAX]
-            .into_iter()
-            .map(size_of)
-            .collect();
-        assert_eq!(sizes, [0, 0, 1, 1, 2, 5, 6, 6, 7, 9, SIZES - 1]);
-    }
-
-    #[test]
     fn a_clock_that_does_not_move_changes_nothing() {
         let now = Instant::now();
         let mut c = Chooser::new(now);
         for served in 0..100 {
-            assert_eq!(c.tick(now, served * 1000, BUSY), None);
+            assert_eq!(c.tick(now, served * 1000), None);
         }
         assert_eq!(c.mode(), Mode::Threads);
     }

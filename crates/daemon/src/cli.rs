@@ -119,8 +119,7 @@ pub struct Cli {
     /// threads (one per CPU, which go from one ready connection to the next without
     /// sleeping) serve them faster, and uses the faster: clients that block until each reply
     /// (as QEMU's) are served faster by threads, a client that drives many connections from
-    /// one event loop by the pollers (docs/performance.md). The answer is kept for each
-    /// number of busy connections (to a power of two) apart. 0: pollers only.
+    /// one event loop by the pollers (docs/performance.md). 0: pollers only.
     #[arg(long = "connection-threads", value_name = "N", default_value_t = 256,
           value_parser = clap::value_parser!(u32).range(0..=4096))]
     pub connection_threads: u32,

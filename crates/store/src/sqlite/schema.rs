@@ -59,15 +59,8 @@ pub(crate) fn open_with(
     let err = |op: &'static str| move |e| sqlite_error(path, None, op, options.busy_timeout, e);
     conn.busy_timeout(options.busy_timeout)
         .map_err(err("setting the busy timeout"))?;
-    // Look before writing anything: a corrupt, foreign or newer file is left as it is. One
-    // read transaction: another process initialising the file commits its header and its
-    // tables together, and separate reads could see the tables without the header.
-    {
-        let snapshot = conn
-            .transaction_with_behavior(TransactionBehavior::Deferred)
-            .map_err(err("beginning to read the schema"))?;
-        inspect(&snapshot, path, options, migrations.len() as i64)?;
-    }
+    // Look before writing anything: a corrupt, foreign or newer file is left as it is.
+    inspect_snapshot(&mut conn, path, options, migrations.len() as i64)?;
     let mode = set_wal(&conn, options.busy_timeout).map_err(err("setting journal_mode=WAL"))?;
     if !mode.eq_ignore_ascii_case("wal") {
         return Err(StoreError::Corrupt {
@@ -166,22 +159,7 @@ pub(crate) fn open_read_only(
             e,
         )
     })?;
-    // One read transaction, as in open_with: a file being initialised is seen whole or not.
-    let found = {
-        let snapshot = conn
-            .transaction_with_behavior(TransactionBehavior::Deferred)
-            .map_err(|e| {
-                sqlite_error(
-                    path,
-                    None,
-                    "beginning to read the schema",
-                    options.busy_timeout,
-                    e,
-                )
-            })?;
-        inspect(&snapshot, path, options, MIGRATIONS.len() as i64)?
-    };
-    match found {
+    match inspect_snapshot(&mut conn, path, options, MIGRATIONS.len() as i64)? {
         Found::Empty => Ok((conn, true)),
         Found::Store(v) if v == SCHEMA_VERSION => Ok((conn, false)),
         Found::Store(_) => Err(StoreError::ReadOnly {
@@ -207,6 +185,29 @@ fn uri_path(path: &Path) -> String {
 }
 
 /// Recognises the file: empty, ours at some version ≤ `newest`, or an error naming `path`.
+/// [`inspect`] in one read transaction of its own: another process initialising the file
+/// commits its header and its tables together, and separate reads could see the tables without
+/// the header.
+fn inspect_snapshot(
+    conn: &mut Connection,
+    path: &Path,
+    options: &SqliteOptions,
+    newest: i64,
+) -> Result<Found, StoreError> {
+    let snapshot = conn
+        .transaction_with_behavior(TransactionBehavior::Deferred)
+        .map_err(|e| {
+            sqlite_error(
+                path,
+                None,
+                "beginning to read the schema",
+                options.busy_timeout,
+                e,
+            )
+        })?;
+    inspect(&snapshot, path, options, newest)
+}
+
 fn inspect(
     conn: &Connection,
     path: &Path,

@@ -402,6 +402,14 @@ fn read_state(
     .transpose()
 }
 
+/// Whether SQLite refused `e` because another connection holds a lock on the file.
+pub(crate) fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(ErrorCode::DatabaseBusy) | Some(ErrorCode::DatabaseLocked)
+    )
+}
+
 /// A SQLite failure as a [`StoreError`]: a lock held past the busy timeout is
 /// [`StoreError::Busy`], a malformed file [`StoreError::Corrupt`].
 pub(crate) fn sqlite_error(
@@ -411,11 +419,13 @@ pub(crate) fn sqlite_error(
     busy_timeout: Duration,
     e: rusqlite::Error,
 ) -> StoreError {
-    match e.sqlite_error_code() {
-        Some(ErrorCode::DatabaseBusy) | Some(ErrorCode::DatabaseLocked) => StoreError::Busy {
+    if is_busy(&e) {
+        return StoreError::Busy {
             path: path.to_owned(),
             timeout: busy_timeout,
-        },
+        };
+    }
+    match e.sqlite_error_code() {
         Some(ErrorCode::NotADatabase) | Some(ErrorCode::DatabaseCorrupt) => StoreError::Corrupt {
             path: path.to_owned(),
             detail: format!("{operation}: {e}"),

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, ErrorCode, OpenFlags, TransactionBehavior};
 
-use super::{sqlite_error, SqliteOptions};
+use super::{is_busy, sqlite_error, SqliteOptions};
 use crate::error::StoreError;
 
 /// `PRAGMA application_id` of a pr-helper store ("PRST"): tells our file from another
@@ -103,12 +103,7 @@ fn set_wal(conn: &Connection, timeout: Duration) -> rusqlite::Result<String> {
     let mut pause = Duration::from_millis(1);
     loop {
         match conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0)) {
-            Err(e)
-                if matches!(
-                    e.sqlite_error_code(),
-                    Some(ErrorCode::DatabaseBusy) | Some(ErrorCode::DatabaseLocked)
-                ) && Instant::now() + pause < deadline =>
-            {
+            Err(e) if is_busy(&e) && Instant::now() + pause < deadline => {
                 std::thread::sleep(pause);
                 pause = (pause * 2).min(Duration::from_millis(50));
             }
